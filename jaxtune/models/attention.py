@@ -55,3 +55,7 @@ def attention(
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", weights, v)
     return out.reshape(b, t, h, d)
+
+
+# name -> function(q, k, v, mask, scale, logit_softcap) -> out; other kernels register here.
+ATTENTION_IMPLS = {"reference": attention}

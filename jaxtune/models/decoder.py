@@ -110,11 +110,13 @@ class CausalLM:
     compute_dtype: activations' dtype (None: that of the embedding); weights are cast to it
       inside `linear`, so fp32 master weights with bf16 compute need no second copy.
     remat: "none" | "full" | "dots", the checkpoint policy of the scanned layer.
+    attention_impl: a key of `attention.ATTENTION_IMPLS` ("reference" is the exact path).
     """
 
     config: ModelConfig
     compute_dtype: Any = None
     remat: str = "none"
+    attention_impl: str = "reference"
 
     # ---------------------------------------------------------------- parameters
     def param_shapes(self) -> Params:
@@ -314,7 +316,8 @@ class CausalLM:
             kv = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         scale = (cfg.query_scale or cfg.head_dim) ** -0.5
-        out = attn_lib.attention(q, k, v, mask, scale, cfg.attn_softcap)
+        attend = attn_lib.ATTENTION_IMPLS[self.attention_impl]
+        out = attend(q, k, v, mask, scale, cfg.attn_softcap)
         out = out.reshape(b, t, cfg.q_size)
         return linear(out, p["o_proj"]["kernel"], p["o_proj"].get("bias")), kv
 

@@ -48,6 +48,7 @@ def load(
     shardings: ShardingFn | None = None,
     compute_dtype: Any = None,
     remat: str = "none",
+    attention_impl: str = "reference",
     revision: str | None = None,
 ) -> tuple[CausalLM, Params]:
     """Load a checkpoint directory, a `.gguf` file, or a Hugging Face hub id.
@@ -68,7 +69,7 @@ def load(
         source = str(location / "config.json")
     family = family_for(hf_config.get("model_type"), source)
     config = family.config_from_hf(hf_config)
-    model = CausalLM(config, compute_dtype=compute_dtype, remat=remat)
+    model = CausalLM(config, compute_dtype, remat, attention_impl)
     params = params_from_tensors(tensors, family, config, dtype, shardings, source=str(location))
     return model, params
 
