@@ -7,7 +7,7 @@
     ├── embed_positions/embedding         (P, D)        GPT-2 only
     ├── layers/                           every leaf has a leading layer axis L
     │   ├── input_layernorm/{scale,bias}  (L, D)
-    │   ├── self_attn/{q,k,v,o}_proj/kernel (L, in, out)  or qkv_proj (fused), optional bias (L, out)
+    │   ├── self_attn/{q,k,v,o}_proj/kernel (L, in, out) or fused qkv_proj; optional bias
     │   ├── self_attn/{q,k}_norm/scale    (L, head_dim)  Qwen3, Gemma 3
     │   ├── post_attention_layernorm/...  (L, D)
     │   ├── pre/post_feedforward_layernorm  (L, D)      Gemma 2/3
