@@ -22,10 +22,7 @@ class LinearLeaf(Protocol):
 
 def linear(x: jax.Array, w: Any, bias: jax.Array | None = None) -> jax.Array:
     """x [..., in] @ w [in, out] (+ bias), computed in x's dtype."""
-    if isinstance(w, LinearLeaf):
-        y = w.linear(x)
-    else:
-        y = jnp.dot(x, w.astype(x.dtype))
+    y = w.linear(x) if isinstance(w, LinearLeaf) else jnp.dot(x, w.astype(x.dtype))
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y

@@ -35,7 +35,8 @@ def inverse_frequencies(rope: RopeConfig, head_dim: int, seq_len: jnp.ndarray | 
         inv_freq = _llama3_scale(inv_freq, rope)
     elif rope.kind not in SUPPORTED_ROPE_TYPES:
         raise CheckpointError(
-            f"rope type {rope.kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            f"rope type {rope.kind!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
         )
     return inv_freq
 

@@ -9,13 +9,12 @@ from jaxtune.models.families.base import Family, HFConfig, WeightRule, activatio
 
 def gpt2_config(hf: HFConfig) -> ModelConfig:
     d, heads = hf["n_embd"], hf["n_head"]
-    unsupported = [
-        k for k in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn") if hf.get(k)
-    ]
-    if unsupported or hf.get("scale_attn_weights") is False:
-        raise CheckpointError(
-            f"config.json: GPT-2 options not supported by jaxtune: {unsupported or ['scale_attn_weights=False']}"
-        )
+    options = ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+    unsupported = [k for k in options if hf.get(k)]
+    if hf.get("scale_attn_weights") is False:
+        unsupported.append("scale_attn_weights=False")
+    if unsupported:
+        raise CheckpointError(f"config.json: GPT-2 options not supported by jaxtune: {unsupported}")
     return ModelConfig(
         family="gpt2",
         vocab_size=hf["vocab_size"],
