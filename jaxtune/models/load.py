@@ -93,7 +93,8 @@ def resolve(path_or_id: str | Path, revision: str | None = None) -> Path:
     if path.exists():
         return path
     text = str(path_or_id)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
+    looks_local = text.startswith((".", "/", "~")) or Path(text.split("/")[0]).exists()
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not looks_local:
         return _download(text, revision)
     raise CheckpointError(
         f"{text}: no such file or directory. Give a checkpoint directory (config.json + "
@@ -108,8 +109,9 @@ def _download(repo_id: str, revision: str | None) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated model ...
         raise CheckpointError(
-            f"{repo_id}: could not download from the Hugging Face hub ({type(e).__name__}: {e}). "
-            "Check the id and your connection, or pass a local directory."
+            f"{repo_id}: not a local path, and could not download it from the Hugging Face hub "
+            f"({type(e).__name__}: {e}). Check the id and your connection, or pass a local "
+            "directory."
         ) from None
 
 

@@ -1,4 +1,5 @@
-"""`save(dir, model, params)`: config.json + safetensors that transformers loads to the same logits."""
+"""`save(dir, model, params)`: config.json + safetensors that transformers loads to the same
+logits."""
 
 from __future__ import annotations
 
@@ -38,13 +39,7 @@ def save(
     are split into model-0000i-of-0000n.safetensors with an index, as transformers does.
     """
     directory = Path(directory)
-    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, LinearLeaf))
-    if any(isinstance(x, LinearLeaf) for x in leaves):
-        raise CheckpointError(
-            "save() needs plain weights, but params hold adapter or quantized leaves: call "
-            "jaxtune.peft.merge(params) (and quant.dequantize) first, or save the adapter alone "
-            "with jaxtune.peft.save_adapter."
-        )
+    leaves = _check_params(model, params)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     family = family_for(cfg.hf_config.get("model_type", cfg.family))
@@ -66,6 +61,44 @@ def save(
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def _check_params(model: CausalLM, params: Params) -> list[Any]:
+    """The leaves of `params`, after checking they are plain arrays of the model's shapes."""
+    expected = {
+        jax.tree_util.keystr(k): v
+        for k, v in jax.tree_util.tree_flatten_with_path(
+            model.param_shapes(), is_leaf=lambda x: isinstance(x, tuple)
+        )[0]
+    }
+    flat = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda x: isinstance(x, LinearLeaf)
+    )[0]
+    for keypath, leaf in flat:
+        name = jax.tree_util.keystr(keypath)
+        if isinstance(leaf, LinearLeaf):
+            raise CheckpointError(
+                f"save() needs plain weights, but params{name} is a {type(leaf).__name__} "
+                "(an adapter or quantized leaf): call jaxtune.peft.merge(params) (and "
+                "quant.dequantize) first, or save the adapter alone with "
+                "jaxtune.peft.save_adapter."
+            )
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            raise CheckpointError(
+                f"save(): params{name} is a {type(leaf).__name__}, not an array; params must "
+                "hold only jax or numpy arrays"
+            )
+        if name not in expected:
+            raise CheckpointError(f"save(): params{name} is not a parameter of this model")
+        if tuple(leaf.shape) != tuple(expected[name]):
+            raise CheckpointError(
+                f"save(): params{name} has shape {tuple(leaf.shape)}, but the model's config "
+                f"implies {tuple(expected[name])}"
+            )
+    missing = sorted(set(expected) - {jax.tree_util.keystr(k) for k, _ in flat})
+    if missing:
+        raise CheckpointError(f"save(): params lack {len(missing)} leaves, e.g. {missing[:3]}")
+    return [leaf for _, leaf in flat]
 
 
 def _write_shards(directory: Path, shards: list[dict[str, np.ndarray]]) -> None:

@@ -18,5 +18,7 @@ def load_tokenizer(path_or_id: str | Path, revision: str | None = None) -> Any:
         if location.suffix == ".gguf":
             return AutoTokenizer.from_pretrained(str(location.parent), gguf_file=location.name)
         return AutoTokenizer.from_pretrained(str(location))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{location}: could not load a tokenizer ({e})") from None
+    except (OSError, ValueError, KeyError) as e:  # KeyError: a GGUF without tokenizer metadata
+        raise CheckpointError(
+            f"{location}: could not load a tokenizer ({type(e).__name__}: {e})"
+        ) from None
