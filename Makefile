@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml
 smollm2: $(STAMP)
 	$(PY) -m jaxtune.hub.smollm2
 
-demo: $(STAMP)
+demo: $(STAMP) smollm2
 	$(PY) -m jaxtune.demo
 
-test: $(STAMP)
+test: $(STAMP) smollm2
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
