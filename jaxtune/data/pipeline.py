@@ -217,8 +217,8 @@ def _streamed(specs, prep: Preparation, config: DataConfig, training: bool, host
 
 def _epoch_reader(dataset: Any, spec: SourceSpec, prep: Preparation):
     def read(epoch: int, first_row: int):
-        dataset.set_epoch(epoch)
         data = dataset.skip(first_row) if first_row else dataset
+        data.set_epoch(epoch)  # after skip: skip() starts again from epoch 0's order
         fmt = None
         stats = RowStats(f"{spec.path} (streamed, epoch {epoch})")
         for first, rows in iter_chunks(data, first_row):

@@ -9,7 +9,9 @@ render, then `tokenizer(text, add_special_tokens=False)`). Assistant spans are f
 
 Both strings must be prefixes of the full text and their tokens prefixes of its tokens; a
 template that breaks the string property (one that rewrites earlier turns) is refused with
-`TemplateBreaksPrefix`, and a row whose tokens merge across a boundary is a bad row. All strings
+`TemplateBreaksPrefix`, and a row whose tokens merge across a boundary is a bad row (trailing
+whitespace that tokenizes differently once text follows is matched token by token, see
+`_boundary`). All strings
 of a chunk of rows are tokenized in one batched call.
 """
 
@@ -120,7 +122,48 @@ def _plan(record, template: ChatTemplate, batch: _Batch, label: str) -> _Plan:
     raise BadRow(f"cannot tokenize a {type(record).__name__}")
 
 
-def _read(plan: _Plan, ids: list[list[int]]) -> list[Tokens]:
+def _boundary(
+    handle: int, tokens: list[int], batch: _Batch, ids: list[list[int]], tokenizer: Any, side: str
+) -> int:
+    """The token index where a prefix string ends inside the full conversation's tokens.
+
+    Usually the prefix's tokens are a prefix of the full tokens. When the prefix ends in
+    whitespace, a tokenizer may split that whitespace differently once text follows (GPT-2's
+    pattern tokenizes "\n\n" as one token but "\n\nHello" as "\n", "\n", "Hello"). Then the
+    prefix without its trailing whitespace must be a token prefix, and the whitespace is matched
+    token by token: a span starts exactly after it, or ends where the tokens still lie inside
+    it. A token that holds both the whitespace and the text after it is a bad row.
+    """
+    if _is_prefix(ids[handle], tokens):
+        return len(ids[handle])
+    text = batch.texts[handle]
+    stripped = text.rstrip()
+    whitespace = text[len(stripped) :]
+    if whitespace:
+        head = tokenizer(stripped, add_special_tokens=False)["input_ids"]
+        if _is_prefix(head, tokens):
+            p, q = len(head), len(head)
+            while q < len(tokens) and whitespace.startswith(
+                decoded := tokenizer.decode(tokens[p : q + 1])
+            ):
+                q += 1
+                if decoded == whitespace:
+                    return q
+            if side == "end":
+                return q
+    where = (
+        "first tokens of an answer merge with the header before"
+        if side == "start"
+        else "last tokens of an answer merge with the text after"
+    )
+    raise BadRow(
+        f"the {where} it (e.g. an answer starting with whitespace the header ends with), so "
+        "its span would be wrong",
+        "token boundary",
+    )
+
+
+def _read(plan: _Plan, ids: list[list[int]], batch: _Batch, tokenizer: Any) -> list[Tokens]:
     prompt_len = len(ids[plan.prompt]) if plan.prompt is not None else 0
     if not plan.full:
         return [Tokens(np.asarray(ids[plan.prompt], np.int32), (), prompt_len)]
@@ -129,18 +172,14 @@ def _read(plan: _Plan, ids: list[list[int]]) -> list[Tokens]:
         tokens = ids[full]
         spans = []
         for start, end in bounds:
-            if not (_is_prefix(ids[start], tokens) and _is_prefix(ids[end], tokens)):
-                raise BadRow(
-                    "the tokens of an answer merge with the template text around it, so its "
-                    "span would be wrong (e.g. an answer starting with whitespace the header "
-                    "ends with)",
-                    "token boundary",
+            spans.append(
+                (
+                    _boundary(start, tokens, batch, ids, tokenizer, "start"),
+                    _boundary(end, tokens, batch, ids, tokenizer, "end"),
                 )
-            spans.append((len(ids[start]), len(ids[end])))
-        if plan.prompt is not None and not _is_prefix(ids[plan.prompt], tokens):
-            raise BadRow(
-                "the answer's first tokens merge with the prompt's last ones", "token boundary"
             )
+        if plan.prompt is not None:
+            prompt_len = _boundary(plan.prompt, tokens, batch, ids, tokenizer, "start")
         out.append(Tokens(np.asarray(tokens, np.int32), tuple(spans), prompt_len))
     return out
 
@@ -180,7 +219,7 @@ def tokenize_records(
             out.append([next(text_ids)])
         else:
             try:
-                out.append(_read(plan, ids))
+                out.append(_read(plan, ids, batch, tokenizer))
             except BadRow as e:
                 out.append(e)
     return out
