@@ -1,0 +1,1 @@
+"""The `jaxtune` command: train, eval, export, generate (and label, once it exists)."""

@@ -1,0 +1,229 @@
+"""The run config: every key a `configs/*.py` recipe or `--config.x.y=v` may set, with defaults.
+
+    config = default_config()          # ml_collections.ConfigDict, sections below
+    check_keys(config)                 # unknown keys -> UserError naming the nearest known key
+
+Sections: top level (stage, seed, output_dir), model, data, peft, quant, optim, train, sharding,
+log,
+plus one section per stage that declares one (`CONFIG_SECTION` + `default_config()` in its module
+in jaxtune/train/stages/). The `data` and `optim` sections come from jaxtune.data and
+jaxtune.optim when those packages provide `default_config()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+import ml_collections
+
+from jaxtune.errors import UserError
+
+PEFT_METHODS = ("none", "freeze", "lora", "dora", "adapter")
+QUANT_METHODS = ("none", "nf4", "fp4", "int8")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "full", "dots")
+
+
+def model_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            path="",  # checkpoint dir, .gguf file or hub id; "" = the embedded SmolLM2-135M
+            tokenizer="",  # "" = from model.path
+            dtype="float32",  # stored params (the frozen base for PEFT runs)
+            compute_dtype="",  # activations; "" = dtype. bfloat16 with fp32 params = mixed
+            attention_impl="reference",
+        )
+    )
+
+
+def peft_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            method="none",  # none | freeze | lora | dora | adapter
+            targets="all-linear",  # regex on param paths, module names "q_proj,v_proj", ...
+            rank=8,  # lora / dora
+            alpha=16.0,  # scale = alpha / rank (alpha / sqrt(rank) with rslora)
+            dropout=0.0,
+            rslora=False,
+            init="default",  # default | pissa (principal singular vectors in A, B)
+            pissa_niter=0,  # > 0: randomized SVD with this many power iterations
+            bottleneck=64,  # adapter: hidden width of the Houlsby bottleneck
+            trainable_layers=2,  # freeze: last N layers train (N < 0: first |N|)
+            trainable_modules="all",  # freeze: "all" or module names in a layer
+            extra_modules="",  # freeze: modules outside the layers that train whole
+        )
+    )
+
+
+def quant_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            method="none",  # none | nf4 | fp4 | int8: the frozen base weights (QLoRA)
+            targets="all-linear",
+            block_size=64,
+            double_quant=True,  # 8-bit absmax constants in blocks of 256 (QLoRA)
+        )
+    )
+
+
+def fallback_optim_config() -> ml_collections.ConfigDict:
+    """The optim keys used until jaxtune.optim provides its own default_config()."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="adamw",  # adamw | galore | badam
+            lr=1e-4,
+            schedule="cosine",  # cosine | linear | constant
+            warmup_steps=0,
+            weight_decay=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            clip_norm=1.0,  # global-norm clipping; 0 = off
+            loraplus_ratio=0.0,  # LoRA+: lr of B = ratio x lr of A; 0 = off
+        )
+    )
+
+
+def train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            steps=100,  # optimizer steps
+            batch_size=8,  # rows per optimizer step (all devices, all micro-batches)
+            seq_len=512,  # tokens per row (packed or padded)
+            grad_accum=1,  # micro-batches per step (same effective batch, less memory)
+            remat="none",  # none | full | dots: recompute the scanned layers in backward
+            loss_chunk=0,  # > 0: LM head + loss in chunks of this many tokens (no full logits)
+            log_every=10,
+            eval_every=0,  # 0 = only at the end (when data.eval is set)
+            eval_at_start=False,  # also evaluate before the first step
+            eval_batches=0,  # 0 = the whole eval set
+            save_every=0,  # 0 = only at the end
+            max_to_keep=2,
+            async_checkpoint=True,
+            resume=True,  # continue from the newest checkpoint in output_dir
+        )
+    )
+
+
+def log_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(tensorboard=True, wandb_project="", run_name="", progress=True)
+    )
+
+
+def _package_config(module: str, fallback: Any) -> ml_collections.ConfigDict:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return fallback()
+    make = getattr(mod, "default_config", None)
+    return make() if make is not None else fallback()
+
+
+def _data_fallback() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(train="", eval="", format="auto"))
+
+
+def stage_sections() -> dict[str, ml_collections.ConfigDict]:
+    """{section: defaults} of the stages that declare a config section."""
+    from jaxtune.train import stages
+
+    sections = {}
+    for name in stages.available():
+        module = importlib.import_module(f"{stages.__name__}.{name}")
+        section = getattr(module, "CONFIG_SECTION", None)
+        if section and section not in sections:
+            sections[section] = module.default_config()
+    return sections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every known key with its default (recipes start from this and change a few)."""
+    config = ml_collections.ConfigDict()
+    config.stage = "sft"  # pt | sft | (rm, dpo, ppo, ... see jaxtune/train/stages)
+    config.seed = 0
+    config.output_dir = "runs/default"
+    config.model = model_config()
+    config.data = _package_config("jaxtune.data", _data_fallback)
+    config.peft = peft_config()
+    config.quant = quant_config()
+    config.optim = _package_config("jaxtune.optim", fallback_optim_config)
+    config.train = train_config()
+    # Mesh (data, fsdp, tensor) sizes (-1 = the remaining devices) and the layout topology:
+    # dp | fsdp | fsdp_tp (see jaxtune.sharding).
+    config.sharding = _package_config("jaxtune.sharding", ml_collections.ConfigDict)
+    config.log = log_config()
+    for section, defaults in stage_sections().items():
+        config[section] = defaults
+    return config
+
+
+def flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for every leaf key of a (nested) ConfigDict."""
+    out = {}
+    for key in config:
+        value = config[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict) and len(value) > 0:
+            out.update(flat_keys(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def suggest(key: str, known: list[str]) -> str:
+    """' Did you mean x?' for the nearest known key (empty when nothing is close)."""
+    leaf = key.rsplit(".", 1)[-1]
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not near:
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in known}
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+        near = [by_leaf[close[0]]] if close else []
+    return f" Did you mean {near[0]}?" if near else ""
+
+
+# Sections whose keys are free-form (a dict of column names, ...): not checked inside.
+OPEN_SECTIONS = ("data.columns", "sharding.rules")
+
+
+def check_keys(config: Any, source: str = "config") -> None:
+    """Raise UserError for a key that default_config() does not have (naming the nearest)."""
+    known = flat_keys(default_config())
+    known_names = list(known)
+    for key in flat_keys(config):
+        if key in known or any(key.startswith(s + ".") or key == s for s in OPEN_SECTIONS):
+            continue
+        raise UserError(f"{source}: unknown key {key!r}.{suggest(key, known_names)}")
+
+
+def check_values(config: Any) -> None:
+    """Raise UserError for values that cannot work (naming the key and the choices)."""
+    choices = {
+        "peft.method": PEFT_METHODS,
+        "quant.method": QUANT_METHODS,
+        "model.dtype": DTYPES,
+        "train.remat": REMAT,
+    }
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = config[section][name]
+        if value not in allowed:
+            raise UserError(f"config.{key}={value!r}: choose one of {allowed}.")
+    if config.model.compute_dtype and config.model.compute_dtype not in DTYPES:
+        raise UserError(f"config.model.compute_dtype={config.model.compute_dtype!r}: {DTYPES}.")
+    t = config.train
+    for key in ("steps", "batch_size", "seq_len", "grad_accum"):
+        if int(t[key]) < 1:
+            raise UserError(f"config.train.{key}={t[key]} must be >= 1.")
+    if t.batch_size % t.grad_accum:
+        raise UserError(
+            f"config.train.batch_size={t.batch_size} does not split into "
+            f"train.grad_accum={t.grad_accum} micro-batches; make it a multiple."
+        )
+    if config.quant.method != "none" and config.peft.method not in ("lora", "dora", "adapter"):
+        raise UserError(
+            f"config.quant.method={config.quant.method!r} quantizes frozen base weights: it "
+            "needs peft.method lora, dora or adapter (QLoRA)."
+        )
