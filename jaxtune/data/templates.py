@@ -128,6 +128,16 @@ class _Namespace(jinja2.utils.Namespace):
             raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
 
 
+class _Dict:
+    """`dict(...)` for templates without handing them the dict type itself."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
+        return dict.fromkeys(*args, **kwargs)
+
+
 class _Generation(jinja2.ext.Extension):
     """Accept `{% generation %}...{% endgeneration %}` blocks; spans are found by prefixes."""
 
@@ -161,7 +171,7 @@ def compile_template(source: str) -> jinja2.Template:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.globals["dict"] = dict
+    env.globals["dict"] = _Dict()
     env.globals["namespace"] = _Namespace
     try:
         return env.from_string(source)
