@@ -224,3 +224,32 @@ def test_config_errors(tmp_path):
         )
     with pytest.raises(DataError, match="one weight per source"):
         DataConfig.from_mapping({"train": "a.jsonl,b.jsonl", "mix_weights": [1.0]})
+
+
+def test_default_config_round_trip():
+    from jaxtune.data import default_config, set_path
+
+    config = default_config()
+    config.train = set_path("chat") + "," + set_path("instruct")
+    config.mix_weights = (1.0, 3.0)
+    config.columns = {"prompt": "question"}
+    data = DataConfig.from_mapping(config)
+    assert [s.path for s in data.train] == [set_path("chat"), set_path("instruct")]
+    assert data.template is None and data.cutoff_len is None and data.eval == ()
+    assert data.weights() == (1.0, 3.0) and data.train[0].columns == {"prompt": "question"}
+
+
+def test_identical_pairs_are_dropped_with_a_count(tmp_path):
+    pair = {"prompt": "Q?", "chosen": "good", "rejected": "bad"}
+    same = {"prompt": "Q?", "chosen": "same", "rejected": "same"}
+    path = write_rows(tmp_path / "pairs.jsonl", [pair, same, pair])
+    with pytest.warns(DataWarning, match=r"kept 2 of 3 rows \(1 identical pair\)"):
+        from jaxtune.data import make_preference_batches
+
+        make_preference_batches(
+            {"train": path},
+            smollm2(),
+            batch_size=2,
+            seq_len=64,
+            **{"host_index": 0, "host_count": 1},
+        )

@@ -22,6 +22,11 @@ class BadRow(Exception):
         self.kind = kind
 
 
+class DropRow(BadRow):
+    """A well-formed row that teaches nothing (e.g. identical chosen and rejected): always skipped
+    and counted, never an error."""
+
+
 class TemplateBreaksPrefix(DataError):
     """The chat template does not render a conversation as the concatenation of its turns."""
 

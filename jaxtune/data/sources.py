@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxtune.data.config import SourceSpec
-from jaxtune.data.errors import BadRow, DataError, RowStats, where
+from jaxtune.data.errors import BadRow, DataError, DropRow, RowStats, where
 from jaxtune.data.examples import Example, MaskOptions, apply_cutoff, build_examples, split_text
-from jaxtune.data.formats import Text, detect_format, read_row, to_kind
+from jaxtune.data.formats import Pair, Text, detect_format, read_row, to_kind
 from jaxtune.data.templates import ChatTemplate
 from jaxtune.data.tokenize import tokenize_records
 
@@ -102,7 +102,10 @@ def process_chunk(
     outcome: list[list[Example] | BadRow] = [[] for _ in rows]
     for i, row in enumerate(rows):
         try:
-            for record in to_kind(read_row(row, fmt, spec.columns), prep.kind):
+            read = read_row(row, fmt, spec.columns)
+            if isinstance(read, Pair) and read.chosen == read.rejected:
+                raise DropRow("chosen and rejected are identical", "identical pair")
+            for record in to_kind(read, prep.kind):
                 records.append(record)
                 owners.append(i)
         except BadRow as e:
@@ -126,7 +129,7 @@ def process_chunk(
         stats.rows += 1
         if isinstance(out, BadRow):
             message = f"{where(spec.path, first_row + i)}: {out.reason}"
-            if not prep.skip_bad_rows:
+            if not (prep.skip_bad_rows or isinstance(out, DropRow)):
                 raise DataError(message + " (set data.skip_bad_rows=True to skip such rows)")
             stats.skip(out.kind, message)
             out = []
