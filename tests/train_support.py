@@ -92,3 +92,24 @@ def jaxtune(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 def read_metrics(output_dir: str | Path) -> list[dict]:
     path = Path(output_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def tiny_llama(directory: Path, init_std: float = 0.2, seed: int = 0) -> str:
+    """A tiny random Llama (the sizes of tests/tiny_models.py) saved with the small tokenizer.
+
+    init_std 0.2 (transformers uses 0.02) gives logits of order 1, as a trained model has; with
+    0.02 a frozen random head and final norm cap the logits near 0, so methods that train only
+    a few weights (LoRA, freeze) could not move the loss far whatever they learn."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tests.tiny_models import SMALL
+
+    directory = Path(directory)
+    if (directory / "config.json").exists():
+        return str(directory)
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model("llama", **dict(SMALL, initializer_range=init_std))
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+    small_tokenizer(SMALL["vocab_size"]).save_pretrained(directory)
+    return str(directory)

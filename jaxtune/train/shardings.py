@@ -30,7 +30,12 @@ def params_shardings(params: Any, mesh: Mesh, rules: Any, mask: Any = None) -> t
     """(shardings of the trainable part, of the frozen part) of the full `params`.
 
     mask: peft.trainable_mask(params), or None when everything trains."""
-    full = sharding.param_shardings(params, mesh, rules)
+    try:
+        full = sharding.param_shardings(params, mesh, rules)
+    except Exception as e:  # Houlsby adapter leaves have no dense weight to take a layout from
+        if type(e).__name__ != "MergeError":
+            raise
+        full = jax.tree.map(lambda _: replicated(mesh), params)
     if mask is None:
         return full, {}
     return split_like(full, mask)

@@ -122,7 +122,7 @@ def make_train_step(
         weight = jnp.maximum(out.weight.astype(jnp.float32), 1e-12)
         grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
         metrics = reduce_metrics(out)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         if mask_updates is not None:  # e.g. frozen layers of a partly trainable stacked leaf
             updates = mask_updates(updates, state.params)

@@ -1,0 +1,45 @@
+"""LoRA SFT: low-rank adapters on every linear layer, the base frozen.
+
+    jaxtune train --config=configs/sft_lora.py
+    jaxtune train --config=configs/sft_lora.py --config.model.path=Qwen/Qwen2.5-0.5B-Instruct \
+        --config.data.train=my_chats.jsonl --config.peft.rank=32
+
+Defaults: the embedded SmolLM2-135M-Instruct on the shipped instruction set (runs offline).
+Export: jaxtune export --checkpoint runs/sft_lora --out exported/ [--adapter]
+"""
+
+from jaxtune.data import set_path
+from jaxtune.train.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.stage = "sft"
+    config.output_dir = "runs/sft_lora"
+
+    # Model: "" = the embedded SmolLM2-135M-Instruct; a directory, .gguf file or hub id.
+    config.model.path = ""
+
+    # Data: the assistant turns are learned, prompts are masked (data.train_on_prompt=False).
+    config.data.train = set_path("instruct")
+    config.data.eval = ""  # a held-out file gives eval_loss every train.eval_every steps
+    config.data.packing = True  # several short examples per row: fewer wasted tokens
+
+    # PEFT: W x + (alpha / rank) B A x on every linear layer (PEFT's "all-linear").
+    config.peft.method = "lora"
+    config.peft.rank = 16  # capacity of the update; 8-64 is typical
+    config.peft.alpha = 32.0  # the update's scale is alpha / rank: keep alpha ~ 2 x rank
+    config.peft.dropout = 0.0  # 0.05-0.1 on small data sets
+    config.peft.targets = "all-linear"  # or "q_proj,v_proj" (the original LoRA paper)
+
+    # Optimizer: LoRA wants a higher learning rate than full fine-tuning.
+    config.optim.lr = 2e-4
+    config.optim.warmup_steps = 10
+
+    # Loop.
+    config.train.steps = 200
+    config.train.batch_size = 8
+    config.train.seq_len = 512
+    config.train.log_every = 10
+    config.train.save_every = 100  # checkpoints hold the adapters only
+    return config
