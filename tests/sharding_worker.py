@@ -3,9 +3,10 @@
     python -m tests.sharding_worker --devices 8 --out r.npz --mesh ref=1,1,1 --mesh tp=2,2,2:fsdp_tp
     python -m tests.sharding_worker --devices 4 --procs 2 --pid 0 --port 12345 --mesh mh=2,2,2 ...
 
-Each `--mesh NAME=D,F,T[:TOPOLOGY]` trains the same model (a 2-layer Llama, LoRA on q/v/down
-with rank 4, everything else frozen) for STEPS Adam steps on a masked LM loss over packed rows,
-and stores its final params (every array, gathered) and losses under NAME. A mesh of (1, 1, 1)
+Each `--mesh NAME=D,F,T[:TOPOLOGY]` trains the same model (a 2-layer Llama, v_proj NF4-quantized,
+LoRA rank 4 on q/v/down_proj, everything else frozen) for STEPS Adam steps of a masked LM loss
+over packed rows, with params, adapter and quantized leaves, optimizer state and batch placed by
+jaxtune.sharding, and stores its final params (every array, gathered) and losses under NAME. A mesh of (1, 1, 1)
 uses one device. The XLA device count must be set before jax is imported, hence a subprocess.
 """
 
@@ -34,18 +35,18 @@ if ARGS is not None:
     )
     os.environ["JAX_PLATFORMS"] = "cpu"
 
-import flax.struct  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxtune import sharding  # noqa: E402
+from jaxtune import peft, quant, sharding  # noqa: E402
 from jaxtune.models import CausalLM, ModelConfig  # noqa: E402
 from jaxtune.sharding import distributed  # noqa: E402
 
 STEPS = 3
 BATCH, SEQ, RANK = 8, 16, 4
+PRNG = jax.random.PRNGKey
 CONFIG = ModelConfig(
     family="llama",
     vocab_size=128,
@@ -56,22 +57,6 @@ CONFIG = ModelConfig(
     num_kv_heads=2,
     head_dim=16,
 )
-
-
-@flax.struct.dataclass
-class LoRA:
-    """A LoRA weight leaf per the models' weight-leaf protocol: x @ base + (x @ a) @ b."""
-
-    base: jax.Array  # (L, in, out), frozen
-    a: jax.Array  # (L, in, r)
-    b: jax.Array  # (L, r, out)
-
-    def linear(self, x: jax.Array) -> jax.Array:
-        base = jax.lax.stop_gradient(self.base).astype(x.dtype)
-        return x @ base + (x @ self.a.astype(x.dtype)) @ self.b.astype(x.dtype)
-
-    def materialize(self) -> jax.Array:
-        return self.base + self.a @ self.b
 
 
 def dense_params() -> dict:
@@ -88,17 +73,19 @@ def dense_params() -> dict:
 
 
 def init_params() -> dict:
-    """dense_params with LoRA leaves on q/v/down_proj; identical in every process."""
-    params = dense_params()
+    """QLoRA-style params, identical in every process: v_proj NF4-quantized, LoRA (rank 4) on
+    q/v/down_proj with B random too (so that A learns from the first step)."""
+    params = quant.quantize(dense_params(), targets=["v_proj"], method="nf4", block_size=32)
+    params = peft.lora(params, ["q_proj", "v_proj", "down_proj"], rank=RANK, rng=PRNG(1))
     rng = np.random.default_rng(1)
-    for block, names in (("self_attn", ("q_proj", "v_proj")), ("mlp", ("down_proj",))):
-        for name in names:
-            w = params["layers"][block][name]["kernel"]
-            n_layers, n_in, n_out = w.shape
-            a = rng.normal(0, 0.1, (n_layers, n_in, RANK)).astype(np.float32)
-            b = rng.normal(0, 0.1, (n_layers, RANK, n_out)).astype(np.float32)
-            params["layers"][block][name]["kernel"] = LoRA(w, a, b)
-    return params
+
+    def random_b(leaf):
+        if isinstance(leaf, peft.LoraWeight):
+            return leaf.replace(lora_b=rng.normal(0, 0.1, leaf.lora_b.shape).astype(np.float32))
+        return leaf
+
+    params = jax.tree.map(random_b, params, is_leaf=lambda x: isinstance(x, peft.LoraWeight))
+    return jax.tree.map(np.asarray, params)
 
 
 def make_batch() -> dict[str, np.ndarray]:
@@ -118,15 +105,6 @@ def make_batch() -> dict[str, np.ndarray]:
     return dict(input_ids=ids, targets=targets, loss_mask=mask, segment_ids=seg, positions=pos)
 
 
-def labels(params: dict) -> dict:
-    """'train' for LoRA A/B, 'frozen' for every other array."""
-
-    def label(path, _):
-        return "train" if sharding.params.path_name(path).endswith(("/a", "/b")) else "frozen"
-
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
 def loss_fn(params: dict, batch: dict) -> jax.Array:
     model = CausalLM(CONFIG)
     logits = model.apply(
@@ -144,37 +122,44 @@ def loss_fn(params: dict, batch: dict) -> jax.Array:
 
 
 def train(mesh: jax.sharding.Mesh, rules: sharding.Rules) -> tuple[dict, list[float]]:
-    """STEPS Adam steps under `mesh`; returns gathered final params (flat by path) and losses."""
-    host_params = init_params()
-    tx = optax.multi_transform(
-        {"train": optax.adam(1e-2), "frozen": optax.set_to_zero()}, labels(host_params)
+    """STEPS Adam steps under `mesh`, as the train loop does them: the optimizer sees only the
+    trainable (adapter) arrays; returns the gathered final params (flat by path) and losses."""
+    host = init_params()
+    full_sh = sharding.param_shardings(host, mesh, rules)
+    mask = peft.trainable_mask(host)
+    t_sh, f_sh = (
+        jax.tree.map(lambda s, m, keep=keep: s if m == keep else None, full_sh, mask)
+        for keep in (True, False)
     )
-    p_sh = sharding.param_shardings(host_params, mesh, rules)
-    params = jax.tree.map(put, host_params, p_sh)
-    o_sh = sharding.opt_state_shardings(jax.eval_shape(tx.init, params), params, p_sh, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
+    host_t, host_f = peft.split_trainable(host)
+    trainable, frozen = jax.tree.map(put, host_t, t_sh), jax.tree.map(put, host_f, f_sh)
+    tx = optax.adam(1e-2)
+    o_sh = sharding.opt_state_shardings(jax.eval_shape(tx.init, trainable), trainable, t_sh, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=o_sh)(trainable)
     b_sh = sharding.batch_sharding(mesh, rules)
     host_batch = make_batch()
     rows = distributed.process_rows(b_sh, BATCH)
     batch = distributed.global_batch({k: v[rows] for k, v in host_batch.items()}, b_sh, BATCH)
 
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def step(trainable, opt_state, frozen, batch):
+        loss, grads = jax.value_and_grad(lambda t: loss_fn(peft.combine(t, frozen), batch))(
+            trainable
+        )
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
 
     with sharding.use_mesh(mesh, rules):
         step = jax.jit(
             step,
-            in_shardings=(p_sh, o_sh, b_sh),
-            out_shardings=(p_sh, o_sh, sharding.replicated(mesh)),
+            in_shardings=(t_sh, o_sh, f_sh, b_sh),
+            out_shardings=(t_sh, o_sh, sharding.replicated(mesh)),
             donate_argnums=(0, 1),
         )
         losses = []
         for _ in range(STEPS):
-            params, opt_state, loss = step(params, opt_state, batch)
+            trainable, opt_state, loss = step(trainable, opt_state, frozen, batch)
             losses.append(float(loss))
-    gathered = distributed.gather_to_host(params)
+    gathered = distributed.gather_to_host(peft.combine(trainable, frozen))
     flat = {
         sharding.params.path_name(kp): np.asarray(v)
         for kp, v in jax.tree_util.tree_flatten_with_path(gathered)[0]

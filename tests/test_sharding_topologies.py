@@ -1,8 +1,9 @@
 """Each topology overlay trains to the same params as one device (8 simulated CPU devices).
 
-The run (tests/sharding_worker.py): a 2-layer Llama with LoRA on q/v/down_proj (A, B trained
-by Adam, everything else frozen by optax.multi_transform), 3 steps of a masked LM loss on packed
-rows; params, optimizer states and batch all placed by jaxtune.sharding.
+The run (tests/sharding_worker.py): a 2-layer Llama, v_proj NF4-quantized, LoRA on q/v/down_proj
+(jaxtune.peft, jaxtune.quant), Adam on the adapter arrays only, 3 steps of a masked LM loss on
+packed rows; params, adapter and quantized leaves, optimizer state and batch all placed by
+jaxtune.sharding.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def test_reference_run_trains_only_the_adapters(results):
 
     start = init_params()
     ref = arrays(results, "ref")
-    a0 = start["layers"]["self_attn"]["q_proj"]["kernel"].a
+    a0 = start["layers"]["self_attn"]["q_proj"]["kernel"].lora_a
     base0 = start["layers"]["self_attn"]["q_proj"]["kernel"].base
-    assert np.abs(ref["layers/self_attn/q_proj/kernel/a"] - a0).max() > 1e-3
+    assert np.abs(ref["layers/self_attn/q_proj/kernel/lora_a"] - a0).max() > 1e-3
     np.testing.assert_array_equal(ref["layers/self_attn/q_proj/kernel/base"], base0)
     np.testing.assert_array_equal(ref["embed_tokens/embedding"], start["embed_tokens"]["embedding"])
     loss = ref["loss"]

@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def mesh_shape(cfg: Any, num_devices: int) -> tuple[int, int, int]:
     """(data, fsdp, tensor) sizes from config, with one -1 filled in to use every device."""
+    cfg = _section(cfg)
     sizes = [int(_get(cfg, axis, -1 if axis == "fsdp" else 1)) for axis in MESH_AXES]
     free = [i for i, s in enumerate(sizes) if s == -1]
     if len(free) > 1 or any(s == 0 or s < -1 for s in sizes):
@@ -75,7 +76,7 @@ def make_mesh(cfg: Any = None, devices: Sequence[jax.Device] | None = None) -> M
     a (data, fsdp, tensor) tuple, or None (every device on "fsdp").
     """
     devices = list(devices) if devices is not None else jax.devices()
-    shape = mesh_shape(_section(cfg), len(devices))
+    shape = mesh_shape(cfg, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

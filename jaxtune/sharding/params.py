@@ -14,11 +14,13 @@ Each decoder leaf gets logical axes from `PARAM_AXES` (a table keyed by path reg
     layers/mlp/down_proj/kernel      (L, F, D)      ("layers", "mlp", "embed")
     embed_tokens/embedding           (V, D)         ("vocab", "embed")
 
-A weight leaf that is not an array (LoRA, DoRA, a quantized kernel, or nested: QLoRA) is sharded
-like its base: each of its arrays takes, dimension by dimension, the logical axis of the dense
-weight's dimension of the same size (leading stacked axes by position). So LoRA's A (L, in, r)
-takes the base's `in` axis and B (L, r, out) its `out` axis; a DoRA magnitude (L, out) takes
-`out`; packed int4 data (L, in, out/2) takes `in`. Paths no rule names are replicated.
+A weight leaf that is not an array (LoRA, DoRA, Houlsby, a quantized kernel, or nested: QLoRA)
+is sharded like the dense weight it stands for. An adapter's base is sharded as a weight of its
+own; each other adapter array takes, dimension by dimension, the logical axis of the dense
+dimension of the same size (leading stacked axes by position): LoRA's A (L, in, r) takes `in`,
+B (L, r, out) takes `out`, a DoRA magnitude (L, out) takes `out`. A quantized leaf's arrays keep
+the dense axes by position where their size divides the dense one: NF4 data (L, in/2, out) and
+absmax (L, in/B, out) take (layers, in, out). Paths no rule names are replicated.
 Optimizer-state leaves take the sharding of the param they mirror (matched by key path and
 shape); moments of another shape (factored, projected) are matched dimension by size, and
 scalars are replicated.
@@ -104,14 +106,47 @@ def param_shardings(params: PyTree, mesh: Mesh, rules: Rules) -> PyTree:
 
 
 def _weight_leaf_shardings(name: str, leaf: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Shardings of every array inside a weight leaf, matched to its dense weight's axes."""
+    """Shardings of every array inside a weight leaf, matched to its dense weight's axes.
+
+    An adapter leaf (one with a `base`) shards its base as a weight of its own and matches its
+    other arrays by size; a leaf without a base (a quantized kernel) keeps the dense weight's axes
+    position by position, also where a dimension is a fraction of the dense one (packed codes
+    `in/2`, block scales `in/B`).
+    """
     dense = _dense_shape(leaf)
+    if dense is None:  # no dense form and no base: nothing to match against
+        return jax.tree.map(lambda _: replicated(mesh), leaf)
     dense_axes = logical_axes(name, len(dense))
-    parts, treedef = jax.tree_util.tree_flatten(leaf)
-    out = [
-        named(mesh, match_axes(tuple(p.shape), dense, dense_axes), rules, p.shape) for p in parts
-    ]
+    is_adapter = hasattr(leaf, "base")
+    children, treedef = jax.tree_util.tree_flatten(
+        leaf, is_leaf=lambda x: x is not leaf and _is_weight_or_array(x)
+    )
+    out = []
+    for child in children:
+        if not _is_array(child):
+            out.append(_weight_leaf_shardings(name, child, mesh, rules))
+            continue
+        shape = tuple(child.shape)
+        axes = (
+            match_axes(shape, dense, dense_axes)
+            if is_adapter
+            else match_packed(shape, dense, dense_axes)
+        )
+        out.append(named(mesh, axes, rules, shape))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def match_packed(
+    shape: tuple[int, ...], dense: tuple[int, ...], dense_axes: tuple[str | None, ...]
+) -> tuple[str | None, ...]:
+    """Axes for an array that stores the dense weight in another form, dimension by dimension
+    (a dimension that divides the dense one keeps its axis); other ranks as `match_axes`."""
+    if len(shape) != len(dense):
+        return match_axes(shape, dense, dense_axes)
+    return tuple(
+        ax if size > 0 and full % size == 0 else None
+        for size, full, ax in zip(shape, dense, dense_axes, strict=True)
+    )
 
 
 def match_axes(
@@ -220,8 +255,15 @@ def _is_sharding(x: Any) -> bool:
     return isinstance(x, Sharding)
 
 
-def _dense_shape(leaf: Any) -> tuple[int, ...]:
-    return tuple(jax.eval_shape(leaf.materialize).shape)
+def _dense_shape(leaf: Any) -> tuple[int, ...] | None:
+    """Shape of the dense weight a leaf stands for (via its base when it has no dense form)."""
+    if _is_array(leaf):
+        return tuple(leaf.shape)
+    try:
+        return tuple(jax.eval_shape(leaf.materialize).shape)
+    except Exception:  # e.g. a nonlinear (Houlsby) adapter: take the shape of what it wraps
+        base = getattr(leaf, "base", None)
+        return None if base is None else _dense_shape(base)
 
 
 def _spec_as_axes(p: PartitionSpec, ndim: int) -> tuple[Any, ...]:
