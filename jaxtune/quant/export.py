@@ -9,6 +9,7 @@ The base is dequantized to float32 first and each adapter leaf is folded in thro
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,18 @@ from jaxtune.quant.transform import dequantize
 
 
 def merged_params(params: Any, dtype: Any = jnp.float32) -> Any:
-    """Plain arrays: quantized leaves dequantized, adapter leaves merged, all in `dtype`."""
-    dense = dequantize(params, jnp.float32)
+    """Plain arrays: quantized leaves dequantized, adapter leaves merged (in float32), all cast
+    to `dtype`. One weight at a time, so only one dense temporary exists beside the result."""
     is_leaf = lambda x: isinstance(x, LinearLeaf)
-    merged = jax.tree.map(lambda x: x.materialize() if is_leaf(x) else x, dense, is_leaf=is_leaf)
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype), merged)
+    name = jnp.dtype(dtype).name
+    merge = lambda x: _merge(x, name) if is_leaf(x) else jnp.asarray(x, name)
+    return jax.tree.map(merge, params, is_leaf=is_leaf)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _merge(leaf: LinearLeaf, dtype: str) -> jax.Array:
+    dense = dequantize(leaf, jnp.float32)  # a quantized base inside an adapter, too
+    return jnp.asarray(dense.materialize() if isinstance(dense, LinearLeaf) else dense, dtype)
 
 
 def export_merged(
