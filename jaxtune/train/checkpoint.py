@@ -89,7 +89,8 @@ class Checkpointer:
 
     def _failed(self, error: BaseException) -> None:
         step, self._pending = self._pending, None
-        previous = [s for s in self._manager.all_steps(read=True) if s != step]
+        self._manager.reload()
+        previous = [s for s in self._manager.all_steps() if s != step]
         kept = f"step {max(previous)} is intact" if previous else "there is no earlier checkpoint"
         raise CheckpointWriteError(
             f"could not write checkpoint step {step} in {self.directory} "

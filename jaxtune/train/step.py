@@ -33,7 +33,7 @@ def reduce_metrics(out: LossOutput) -> dict[str, jax.Array]:
     """Sums -> reported values: loss = total / weight; metrics per their own count."""
     weight = out.weight.astype(jnp.float32)
     safe = jnp.maximum(weight, 1e-12)
-    metrics = {"loss": jnp.where(weight > 0, out.total / safe, 0.0), "loss_tokens": weight}
+    metrics = {"loss": jnp.where(weight == 0, 0.0, out.total / safe), "loss_tokens": weight}
     for name, value in out.metrics.items():
         if isinstance(value, tuple):
             num, den = value
