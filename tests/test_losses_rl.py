@@ -20,12 +20,12 @@ from jaxtune.losses.logprobs import chunked_token_logps, token_entropy, token_lo
 from jaxtune.losses.ppo import (
     KLController,
     contains_eos,
-    entropy,
     eos_penalty,
     explained_variance,
     gae,
     kl_penalty,
     masked_whiten,
+    mean_entropy,
     policy_loss,
     token_rewards,
     value_loss,
@@ -210,7 +210,7 @@ def test_entropy_and_explained_variance(rollout):
     ent = -(p * np.log(p)).sum(-1)
     m = rollout["mask"]
     np.testing.assert_allclose(token_entropy(jnp.asarray(logits)), ent, **TOL)
-    out = entropy(jnp.asarray(logits), jnp.asarray(m))
+    out = mean_entropy(jnp.asarray(logits), jnp.asarray(m))
     np.testing.assert_allclose(float(out.loss), np_valid(ent, LENGTHS).mean(), **TOL)
 
     ret, v = rollout["returns"], rollout["values"]

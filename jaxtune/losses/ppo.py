@@ -175,7 +175,7 @@ def value_loss(
     return LossTerms(jnp.sum(per_token * mask), jnp.sum(mask), metrics)
 
 
-def entropy(logits: jax.Array, mask: jax.Array, *, temperature: float = 1.0) -> LossTerms:
+def mean_entropy(logits: jax.Array, mask: jax.Array, *, temperature: float = 1.0) -> LossTerms:
     """Mean per-token entropy of the policy over response tokens, as LossTerms (an entropy bonus
     subtracts coef * .loss); logits [B, T, V]."""
     mask = mask.astype(jnp.float32)
