@@ -147,11 +147,13 @@ def cudnn_supports(q: jax.Array, logit_softcap: float | None) -> bool:
 
 
 def cudnn_attention(q, k, v, mask: Mask, scale: float, logit_softcap: float | None = None):
-    """cuDNN flash attention; the mask goes in as a bias, causal blocks are skipped when the
-    queries are the keys. Calls cuDNN cannot take run on `xla_attention`."""
+    """cuDNN flash attention; the mask goes in as a bias, and blocks above the diagonal are
+    skipped when queries and keys are the same tokens (an aligned AttentionMask, or a square
+    dense mask: every square mask the decoder builds is causal). Calls cuDNN cannot take run on
+    `xla_attention`."""
     if not cudnn_supports(q, logit_softcap):
         return xla_attention(q, k, v, mask, scale, logit_softcap)
-    aligned = isinstance(mask, AttentionMask) and mask.aligned
+    aligned = mask.aligned if isinstance(mask, AttentionMask) else q.shape[1] == k.shape[1]
     dense = _no_empty_rows(as_dense(mask))[:, None]
     return jax.nn.dot_product_attention(
         q, k, v, mask=dense, scale=scale, is_causal=aligned, implementation="cudnn"
