@@ -82,12 +82,15 @@ def load_model(
     """(model, params) with the config's dtypes, remat policy and attention implementation;
     each tensor lands on `shardings(name, shape)` while loading."""
     from jaxtune import models
+    from jaxtune.optim import model_dtypes
 
     m = config.model
-    compute = DTYPES[m.compute_dtype] if m.compute_dtype else None
+    dtype, compute = DTYPES[m.dtype], DTYPES[m.compute_dtype] if m.compute_dtype else None
+    mixed_dtype, mixed_compute = model_dtypes(config.optim.mixed_precision)
+    dtype, compute = mixed_dtype or dtype, mixed_compute or compute
     return models.load(
         model_path(config),
-        DTYPES[m.dtype],
+        dtype,
         shardings=shardings,
         compute_dtype=compute,
         remat=config.train.remat,
@@ -211,67 +214,28 @@ def partition(config: ml_collections.ConfigDict, params: Any) -> tuple[Any, Any,
 
 
 def peft_hooks(config: ml_collections.ConfigDict) -> tuple[Callable | None, Callable | None]:
-    """(prepare_params, mask_updates): dropout keys per step; frozen stacked layers kept."""
-    if config.peft.method == "none":
+    """(prepare_params, mask_updates): fresh dropout keys per step for LoRA/DoRA dropout.
+
+    (The frozen layers of freeze-tuning need no mask here: jaxtune.optim's update is exactly
+    zero on them.)"""
+    if config.peft.method not in ("lora", "dora") or config.peft.dropout <= 0:
         return None, None
     from jaxtune import peft
 
-    prepare = None
-    if config.peft.dropout > 0 and config.peft.method in ("lora", "dora"):
-        prepare = peft.with_dropout_rng
-    mask = peft.zero_frozen_layers if config.peft.method == "freeze" else None
-    return prepare, mask
+    return peft.with_dropout_rng, None
 
 
 # ----------------------------------------------------------------------------- optimizer
 def build_optimizer(
-    config: ml_collections.ConfigDict, trainable: Any, full_params: Any
-) -> tuple[optax.GradientTransformation, Callable | None]:
-    """(optimizer, learning-rate schedule) over the trainable params."""
-    try:
-        from jaxtune import optim
-    except ImportError:
-        optim = None
-    if optim is not None and hasattr(optim, "build"):
-        return optim_from_package(optim, config, trainable, full_params)
-    o = config.optim
-    if o.name != "adamw" or o.get("loraplus_ratio", 0):
-        raise UserError(
-            f"optim.name={o.name!r} / optim.loraplus_ratio need jaxtune.optim, which is not "
-            "installed here; use optim.name='adamw' without LoRA+."
-        )
-    schedule = fallback_schedule(o, config.train.steps)
-    chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
-    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
-    return optax.chain(*chain), schedule
+    config: ml_collections.ConfigDict, trainable: Any
+) -> tuple[optax.GradientTransformation, Callable]:
+    """(optimizer, learning-rate schedule) over the trainable params (labels from peft)."""
+    from jaxtune import optim
 
-
-def fallback_schedule(o: Any, steps: int) -> optax.Schedule:
-    warmup = int(o.warmup_steps)
-    decay = max(steps - warmup, 1)
-    if o.schedule == "constant":
-        main = optax.constant_schedule(o.lr)
-    elif o.schedule == "linear":
-        main = optax.linear_schedule(o.lr, 0.0, decay)
-    else:
-        main = optax.cosine_decay_schedule(o.lr, decay)
-    if warmup <= 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), main], [warmup])
-
-
-def optim_from_package(optim: Any, config, trainable, full_params):
-    """jaxtune.optim.build(config.optim, params, labels) over the trainable tree."""
-    labels = None
-    if config.peft.method != "none":
-        from jaxtune import peft
-
-        labels, _ = peft.split_trainable(peft.param_labels(full_params))
-    optimizer = optim.build(config.optim, trainable, labels=labels, total_steps=config.train.steps)
-    schedule = (
-        optim.schedule(config.optim, config.train.steps) if hasattr(optim, "schedule") else None
+    steps = int(config.train.steps)
+    return optim.build(config.optim, trainable, total_steps=steps), optim.schedule(
+        config.optim, steps
     )
-    return optimizer, schedule
 
 
 # ----------------------------------------------------------------------------- data
@@ -315,7 +279,7 @@ def build_run(config: ml_collections.ConfigDict, *, quiet: bool = False) -> Run:
     trainable, frozen, combine = partition(config, params)
     trainable = jax.device_put(trainable, trainable_sh)
     frozen = jax.device_put(frozen, frozen_sh)
-    optimizer, schedule = build_optimizer(config, trainable, params)
+    optimizer, schedule = build_optimizer(config, trainable)
     prepare, mask = peft_hooks(config)
     return Run(
         config=config,

@@ -6,8 +6,8 @@
 Sections: top level (stage, seed, output_dir), model, data, peft, quant, optim, train, sharding,
 log,
 plus one section per stage that declares one (`CONFIG_SECTION` + `default_config()` in its module
-in jaxtune/train/stages/). The `data` and `optim` sections come from jaxtune.data and
-jaxtune.optim when those packages provide `default_config()`.
+in jaxtune/train/stages/). The data, optim and sharding sections are those packages' own
+`default_config()`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxtune import data, optim, sharding
 from jaxtune.errors import UserError
 
 PEFT_METHODS = ("none", "freeze", "lora", "dora", "adapter")
@@ -68,24 +69,6 @@ def quant_config() -> ml_collections.ConfigDict:
     )
 
 
-def fallback_optim_config() -> ml_collections.ConfigDict:
-    """The optim keys used until jaxtune.optim provides its own default_config()."""
-    return ml_collections.ConfigDict(
-        dict(
-            name="adamw",  # adamw | galore | badam
-            lr=1e-4,
-            schedule="cosine",  # cosine | linear | constant
-            warmup_steps=0,
-            weight_decay=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            clip_norm=1.0,  # global-norm clipping; 0 = off
-            loraplus_ratio=0.0,  # LoRA+: lr of B = ratio x lr of A; 0 = off
-        )
-    )
-
-
 def train_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
@@ -113,19 +96,6 @@ def log_config() -> ml_collections.ConfigDict:
     )
 
 
-def _package_config(module: str, fallback: Any) -> ml_collections.ConfigDict:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return fallback()
-    make = getattr(mod, "default_config", None)
-    return make() if make is not None else fallback()
-
-
-def _data_fallback() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(train="", eval="", format="auto"))
-
-
 def stage_sections() -> dict[str, ml_collections.ConfigDict]:
     """{section: defaults} of the stages that declare a config section."""
     from jaxtune.train import stages
@@ -146,14 +116,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.output_dir = "runs/default"
     config.model = model_config()
-    config.data = _package_config("jaxtune.data", _data_fallback)
+    config.data = data.default_config()
     config.peft = peft_config()
     config.quant = quant_config()
-    config.optim = _package_config("jaxtune.optim", fallback_optim_config)
+    config.optim = optim.default_config()
     config.train = train_config()
     # Mesh (data, fsdp, tensor) sizes (-1 = the remaining devices) and the layout topology:
     # dp | fsdp | fsdp_tp (see jaxtune.sharding).
-    config.sharding = _package_config("jaxtune.sharding", ml_collections.ConfigDict)
+    config.sharding = sharding.default_config()
     config.log = log_config()
     for section, defaults in stage_sections().items():
         config[section] = defaults
@@ -221,6 +191,11 @@ def check_values(config: Any) -> None:
         raise UserError(
             f"config.train.batch_size={t.batch_size} does not split into "
             f"train.grad_accum={t.grad_accum} micro-batches; make it a multiple."
+        )
+    if int(config.optim.get("grad_accum_steps", 1)) != 1:
+        raise UserError(
+            "config.optim.grad_accum_steps must stay 1 in the train loop: set "
+            "train.grad_accum instead (micro-batches inside one step)."
         )
     if config.quant.method != "none" and config.peft.method not in ("lora", "dora", "adapter"):
         raise UserError(
