@@ -246,6 +246,8 @@ def test_labels_masks_split_combine_disable(llama):
     assert labels["norm"]["scale"] == "frozen" and labels["embed_tokens"]["embedding"] == "frozen"
     trainable, rest = peft.split_trainable(adapted)
     assert len(jax.tree.leaves(trainable)) == 3
+    label_part, _ = peft.split_trainable(labels)  # labels split like the params they label
+    assert jax.tree.leaves(label_part) == ["lora_a", "lora_b", "dora_magnitude"]
     assert jax.tree.structure(peft.combine(trainable, rest)) == jax.tree.structure(adapted)
     for a, b in zip(jax.tree.leaves(peft.disable(adapted)), jax.tree.leaves(params), strict=True):
         assert a is b
@@ -279,6 +281,8 @@ def test_freeze_layers_follow_llamafactory(llama):
     assert peft.layer_trainable_mask(everything)["layers"]["mlp"]["up_proj"]["kernel"] is None
     assert set(jax.tree.leaves(peft.param_labels(everything))) == {"frozen", "trainable"}
     assert peft.param_labels(everything)["lm_head"]["kernel"] == "frozen"
+    label_part, _ = peft.split_trainable(peft.param_labels(last))
+    assert set(jax.tree.leaves(label_part)) == {"trainable"}
     trainable, total = peft.count_parameters(last)
     layer_arrays = sum(x.size for x in jax.tree.leaves(params["layers"]))
     assert trainable == layer_arrays // 2 and total == sum(x.size for x in jax.tree.leaves(params))

@@ -61,10 +61,12 @@ class AdapterWeight(AdapterLeaf):
     def linear(self, x: jax.Array) -> jax.Array:
         y = base_linear(x, self.base)
         dt = y.dtype
+        y2 = y.reshape(-1, y.shape[-1])  # one token axis: see weight.low_rank
         h = ACTIVATIONS[self.activation](
-            jnp.dot(y, self.down.astype(dt)) + self.down_bias.astype(dt)
+            jnp.dot(y2, self.down.astype(dt)) + self.down_bias.astype(dt)
         )
-        return y + jnp.dot(h, self.up.astype(dt)) + self.up_bias.astype(dt)
+        out = y2 + jnp.dot(h, self.up.astype(dt)) + self.up_bias.astype(dt)
+        return out.reshape(y.shape)
 
     def materialize(self) -> jax.Array:
         raise MergeError(

@@ -22,7 +22,14 @@ from flax import struct
 from jaxtune.models.layers import linear
 from jaxtune.peft.lora import check_rank, check_unadapted, init_low_rank, leaf_rngs, scaling
 from jaxtune.peft.select import Targets, map_selected, select
-from jaxtune.peft.weight import AdapterLeaf, dense_shape, dropout, frozen, materialize
+from jaxtune.peft.weight import (
+    AdapterLeaf,
+    dense_shape,
+    dropout,
+    frozen,
+    low_rank,
+    materialize,
+)
 
 
 @struct.dataclass
@@ -56,7 +63,7 @@ class DoraWeight(AdapterLeaf):
         w = materialize(base)  # a plain base stays as is; a quantized one is dequantized
         norm = jax.lax.stop_gradient(column_norm(w, self.lora_a, self.lora_b, self.scale))
         g = (self.magnitude.astype(jnp.float32) / norm).astype(x.dtype)  # [out]
-        low = jnp.dot(jnp.dot(h, self.lora_a.astype(x.dtype)), self.lora_b.astype(x.dtype))
+        low = low_rank(h, self.lora_a, self.lora_b)
         return y + (g - 1) * base_h + g * (self.scale * low).astype(y.dtype)
 
     def materialize(self) -> jax.Array:

@@ -112,7 +112,7 @@ def save_adapter(
             if "magnitude" in part:
                 tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = part["magnitude"]
             ranks[module] = leaf.rank
-            alphas[module] = leaf.scale * leaf.rank
+            alphas[module] = round(leaf.scale * leaf.rank, 9)
     if len(fan_in_fan_out) > 1:
         raise AdapterFileError(
             "cannot write one PEFT adapter over both Conv1D ([in, out]) and Linear kernels"

@@ -33,6 +33,7 @@ from jaxtune.peft.weight import (
     dense_shape,
     dropout,
     kaiming_uniform,
+    low_rank,
     materialize,
 )
 
@@ -58,7 +59,7 @@ class LoraWeight(AdapterLeaf):
     def linear(self, x: jax.Array) -> jax.Array:
         y = base_linear(x, self.base)
         h = dropout(x, self.dropout, self.dropout_rng)
-        low = jnp.dot(jnp.dot(h, self.lora_a.astype(x.dtype)), self.lora_b.astype(x.dtype))
+        low = low_rank(h, self.lora_a, self.lora_b)
         return y + (self.scale * low).astype(y.dtype)
 
     def delta(self) -> jax.Array:

@@ -63,10 +63,15 @@ def _adapter_labels(leaf: AdapterLeaf) -> AdapterLeaf:
 
 
 def param_labels(params: Any) -> Any:
-    """A pytree of strings, one per array leaf (the structure of `params`)."""
+    """A pytree of strings, one per array leaf (the structure of `params`).
+
+    A labels tree labels itself, so `split_trainable(param_labels(params))` splits the labels
+    the way `split_trainable(params)` splits the params."""
     state = _plain_state(params)
 
     def label(path: str, x: Any) -> Any:
+        if isinstance(x, str):
+            return x
         if isinstance(x, AdapterLeaf):
             return _adapter_labels(x)
         if is_weight_leaf(x):

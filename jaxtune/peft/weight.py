@@ -51,6 +51,16 @@ def dense_shape(w: Any) -> tuple[int, ...]:
     return tuple(jax.eval_shape(w.materialize).shape)
 
 
+def low_rank(x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """(x @ a) @ b for x [..., in], a [in, r], b [r, out], in x's dtype.
+
+    The token axes are flattened first: the weight gradients then contract one axis, which
+    XLA:CPU runs 2x faster than the same contraction over (batch, time)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = jnp.dot(jnp.dot(x2, a.astype(x.dtype)), b.astype(x.dtype))
+    return y.reshape(*x.shape[:-1], b.shape[-1])
+
+
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout of `x`; the identity when `rng` is None (evaluation) or `rate` is 0."""
     if rng is None or rate == 0.0:
