@@ -143,3 +143,26 @@ def test_model_logits_with_fused_attention_equal_reference():
     want = np.asarray(logits("reference"))[valid]
     for impl in ("xla", "fused"):
         np.testing.assert_allclose(np.asarray(logits(impl))[valid], want, atol=ATOL, err_msg=impl)
+
+
+def test_splash_kernel_runs_per_shard_under_a_mesh():
+    """Under sharding.use_mesh on 8 devices the kernel is wrapped in shard_map (batch over
+    fsdp x data, heads over tensor) and still equals the reference."""
+    import subprocess
+    import sys
+
+    from tests.sharding_runs import ROOT, env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.attention_mesh_worker"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    per_shard, error = (part.split("=")[1] for part in line.split())
+    assert per_shard == "True"
+    assert float(error) < ATOL

@@ -29,13 +29,16 @@ routes it to `xla` or `reference`, so every name works everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxtune.models.layers import softcap
 
@@ -197,7 +200,8 @@ def splash_attention(
 
     Segment ids carry packing and padding (a padding token gets id 0, and padding queries attend
     to padding keys: their rows are don't-care); the window and the soft-cap are kernel options.
-    Under `jaxtune.sharding.use_mesh` the kernel runs per shard (shard_map over batch and heads).
+    Under `jaxtune.sharding.use_mesh` the kernel runs per shard (shard_map over batch and heads,
+    see `layout`).
     """
     if not splash_supports(q, k, mask, interpret=interpret):
         return xla_attention(q, k, v, mask, scale, logit_softcap)
@@ -267,31 +271,49 @@ def _splash_local(q, k, v, seg, sliding, *, softcap, window, interpret):
 
 
 def _per_shard(fn, q, k, v, seg, sliding):
-    """Run a per-device kernel under the active jaxtune mesh (shard_map), or directly."""
-    from jaxtune.sharding import constrain  # models never import sharding at module load
-
-    current = constrain.active()
+    """Run a per-device kernel under the active mesh layout (shard_map), or directly."""
+    current = current_layout()
     if current is None or current[0].size == 1:
         return fn(q, k, v, seg, sliding)
-    from jax.sharding import PartitionSpec as P
-
-    from jaxtune.sharding.rules import spec
-
-    mesh, rules = current
-    kv_spec = spec(("batch", None, "kv", None), rules, mesh, k.shape)
+    mesh, spec = current
+    kv_spec = spec(("batch", None, "kv", None), k.shape)
     heads = "heads" if len(kv_spec) > 2 and kv_spec[2] is not None else None
-    q_spec = spec(("batch", None, heads, None), rules, mesh, q.shape)
+    q_spec = spec(("batch", None, heads, None), q.shape)
     if heads is not None and (len(q_spec) < 3 or q_spec[2] != kv_spec[2]):
-        q_spec = spec(("batch",), rules, mesh, q.shape)
-        kv_spec = spec(("batch",), rules, mesh, k.shape)
-    row = P(*tuple(q_spec)[:1])
+        q_spec, kv_spec = spec(("batch",), q.shape), spec(("batch",), k.shape)
+    row = PartitionSpec(*tuple(q_spec)[:1])
     return jax.shard_map(
         fn,
         mesh=mesh,
-        in_specs=(q_spec, kv_spec, kv_spec, row, P()),
+        in_specs=(q_spec, kv_spec, kv_spec, row, PartitionSpec()),
         out_specs=q_spec,
         check_vma=False,
     )(q, k, v, seg, sliding)
+
+
+# ----------------------------------------------------------------------------- mesh layout
+# (mesh, spec(logical_axes, shape) -> PartitionSpec) while `jaxtune.sharding.use_mesh` is active:
+# kernels that run per device (Pallas) read it to wrap themselves in shard_map. It lives here so
+# that models import nothing from jaxtune.sharding (which sits above them).
+Layout = tuple[Mesh, Callable[[Sequence[str | None], Sequence[int]], PartitionSpec]]
+_LAYOUT: contextvars.ContextVar[Layout | None] = contextvars.ContextVar(
+    "jaxtune_attention_layout", default=None
+)
+
+
+def current_layout() -> Layout | None:
+    """The active (mesh, spec) layout, or None (one device, or no jaxtune mesh in use)."""
+    return _LAYOUT.get()
+
+
+@contextlib.contextmanager
+def layout(mesh: Mesh, spec: Callable[..., PartitionSpec]) -> Iterator[None]:
+    """Make `(mesh, spec)` the layout per-device kernels shard over (see `_per_shard`)."""
+    token = _LAYOUT.set((mesh, spec))
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
 
 
 # ----------------------------------------------------------------------------- dispatch

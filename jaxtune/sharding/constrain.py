@@ -10,18 +10,21 @@
 Without an active mesh (plain CPU, a notebook, a user's own code) `shard` returns `x` unchanged,
 so the same model code runs on one device and on a pod. `use_mesh` also enters `jax.set_mesh`, so
 raw PartitionSpecs work in the traced code; under a bare `jax.set_mesh(mesh)` (no rules given)
-`shard` applies the default fsdp_tp rules.
+`shard` applies the default fsdp_tp rules. It also hands the layout to
+`jaxtune.models.attention.layout`, so per-device kernels (splash) shard themselves the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding
 
+from jaxtune.models import attention
 from jaxtune.sharding.rules import LogicalAxes, Rules, rules_for, spec
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
@@ -32,12 +35,17 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.Context
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules: Rules | None = None) -> Iterator[Mesh]:
     """Make `mesh` and `rules` current for `shard` (and for jax, via `jax.set_mesh`)."""
-    token = _ACTIVE.set((mesh, rules if rules is not None else rules_for()))
+    rules = rules if rules is not None else rules_for()
+    token = _ACTIVE.set((mesh, rules))
     try:
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(mesh), attention.layout(mesh, functools.partial(_spec, mesh, rules)):
             yield mesh
     finally:
         _ACTIVE.reset(token)
+
+
+def _spec(mesh: Mesh, rules: Rules, logical_axes: LogicalAxes, shape: Sequence[int]):
+    return spec(logical_axes, rules, mesh, shape)
 
 
 def active() -> tuple[Mesh, Rules] | None:
