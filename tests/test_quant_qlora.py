@@ -162,6 +162,16 @@ def test_qlora_trains_adapters_only(qlora, ids):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_dora_over_nf4_equals_dora_over_its_dequantized_base(loaded, apply, ids):
+    """QDoRA: DoRA's column norms and matmul work through the quantized base generically."""
+    _, params = loaded
+    key = jax.random.key(2)
+    adapted = peft.dora(params, "all-linear", rank=RANK, alpha=ALPHA, rng=key)
+    reference = peft.dora(quant.dequantize(params), "all-linear", rank=RANK, alpha=ALPHA, rng=key)
+    ours = apply(adapted, ids)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(apply(reference, ids)), atol=1e-5)
+
+
 def test_export_merged_reloads_in_transformers(qlora, apply, ids, tmp_path):
     """The adapters merged into the dequantized base, written in bf16: transformers' logits
     equal ours on the same (bf16-rounded) weights, and the merge equals the QLoRA forward."""

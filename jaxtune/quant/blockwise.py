@@ -134,8 +134,8 @@ def quantize_absmax(
 
 
 def _rounded(p: jax.Array) -> jax.Array:
-    """p unchanged, but XLA can no longer fuse it with a following add into one FMA (bnb
-    rounds the product and the sum separately)."""
+    """p (NaN aside), but XLA can no longer fuse it with a following add into one FMA: bnb
+    rounds the product and the sum separately."""
     return jnp.where(jnp.isnan(p), jnp.zeros_like(p), p)
 
 

@@ -49,9 +49,19 @@ def export_merged(
 ) -> Path:
     """Write config.json + safetensors (in `dtype`) that transformers loads without PEFT or
     bitsandbytes."""
+    _check_mergeable(params)
     merged = merged_params(params, jnp.float32)
     _check_fits(model, merged)
     return save(directory, model, merged, tokenizer, dtype=dtype)
+
+
+def _check_mergeable(params: Any) -> None:
+    """Trace each weight leaf's `materialize` (no compute): a leaf that cannot be merged
+    (a Houlsby adapter) raises its own error before any work is done."""
+    is_leaf = lambda x: isinstance(x, LinearLeaf)
+    for leaf in jax.tree.leaves(params, is_leaf=is_leaf):
+        if is_leaf(leaf):
+            jax.eval_shape(lambda w: w.materialize(), leaf)
 
 
 def _check_fits(model: CausalLM, merged: Any) -> None:

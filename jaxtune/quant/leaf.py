@@ -22,6 +22,7 @@ count divides `in/2` and `in/B`; `absmax_scale` and `absmax_offset` are tiny: re
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -75,13 +76,9 @@ class QuantizedWeight:
 
     # ------------------------------------------------------------------ the protocol
     def dequantize(self, dtype: Any = jnp.float32) -> jax.Array:
-        """The dense weight `[..., in, out]`: values computed in float32, then cast."""
-        if self.method == "int8":
-            return dequantize_int8(self.data, self.absmax, self.block_size, dtype)
-        absmax = self.absmax
-        if self.double_quant:
-            absmax = dequantize_absmax(absmax, self.absmax_scale, self.absmax_offset)
-        return dequantize_4bit(self.data, absmax, self.block_size, self.method, dtype)
+        """The dense weight `[..., in, out]`: values computed in float32, then cast (compiled
+        once per shape, also when called outside `jit`)."""
+        return _dequantize(self, jnp.dtype(dtype).name)
 
     def materialize(self) -> jax.Array:
         """The dense weight in the dtype of the weight it replaced."""
@@ -95,6 +92,16 @@ class QuantizedWeight:
         """
         compute = jnp.dtype(self.compute_dtype)
         return _quantized_matmul(x.astype(compute), self).astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _dequantize(w: QuantizedWeight, dtype: str) -> jax.Array:
+    if w.method == "int8":
+        return dequantize_int8(w.data, w.absmax, w.block_size, dtype)
+    absmax = w.absmax
+    if w.double_quant:
+        absmax = dequantize_absmax(absmax, w.absmax_scale, w.absmax_offset)
+    return dequantize_4bit(w.data, absmax, w.block_size, w.method, dtype)
 
 
 @jax.custom_vjp

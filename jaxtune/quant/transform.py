@@ -145,18 +145,11 @@ def quantize(
     return map_selected(params, chosen, lambda path, w: quantize_weight(w, spec, path))
 
 
-@functools.partial(jax.jit, static_argnames="dtype")
-def _dense(leaf: QuantizedWeight, dtype: str) -> jax.Array:
-    return leaf.dequantize(dtype)
-
-
 def dequantize(params: Any, dtype: Any = None) -> Any:
     """Every `QuantizedWeight` (also the base of an adapter) -> its dense array, in `dtype` or
-    in the dtype of the weight it replaced (one compiled dequantization per leaf)."""
+    in the dtype of the weight it replaced."""
 
     def dense(x: Any) -> Any:
-        if not is_quantized(x):
-            return x
-        return _dense(x, jnp.dtype(dtype or x.dtype).name)
+        return x.dequantize(dtype or x.dtype) if is_quantized(x) else x
 
     return jax.tree.map(dense, params, is_leaf=is_quantized)
