@@ -118,7 +118,7 @@ def test_splash_kernel_gradients_equal_reference(splash_case):
 
 
 def test_model_logits_with_fused_attention_equal_reference():
-    """The decoder with attention_impl='fused' (and 'xla'): packed rows, sliding layers."""
+    """The decoder with attention_impl='fused' (xla on CPU): packed rows, sliding layers."""
     cfg = ModelConfig(
         family="mistral",
         vocab_size=64,
@@ -131,7 +131,7 @@ def test_model_logits_with_fused_attention_equal_reference():
         sliding_window=4,
         layer_types=("sliding", "full"),
     )
-    params = CausalLM(cfg).init(jax.random.PRNGKey(0))
+    params = jax.jit(CausalLM(cfg).init)(jax.random.PRNGKey(0))
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 12)), jnp.int32)
     seg = jnp.asarray([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3], jnp.int32)
     valid = np.asarray(seg > 0)
@@ -141,8 +141,7 @@ def test_model_logits_with_fused_attention_equal_reference():
         return jax.jit(model.apply)(params, ids, segment_ids=seg, attention_mask=seg > 0)
 
     want = np.asarray(logits("reference"))[valid]
-    for impl in ("xla", "fused"):
-        np.testing.assert_allclose(np.asarray(logits(impl))[valid], want, atol=ATOL, err_msg=impl)
+    np.testing.assert_allclose(np.asarray(logits("fused"))[valid], want, atol=ATOL)
 
 
 def test_splash_kernel_runs_per_shard_under_a_mesh():

@@ -36,7 +36,8 @@ def specs(tree) -> dict[str, P]:
 
 @pytest.fixture(scope="module")
 def dense():
-    return jax.tree.map(jnp.zeros_like, CausalLM(CFG).init(jax.random.PRNGKey(0)))
+    """Abstract params (shapes only): nothing below computes."""
+    return jax.eval_shape(CausalLM(CFG).init, jax.random.PRNGKey(0))
 
 
 def test_topologies():
@@ -87,12 +88,17 @@ def path_and_shape(tree):
     ]
 
 
-def test_adapter_and_quantized_leaves_shard_like_their_base(dense):
+def transformed(dense):
+    """NF4 v_proj and int8 up_proj, LoRA on q/v (QLoRA on v), DoRA on k, Houlsby on down."""
     params = quant.quantize(dense, targets=["v_proj"], method="nf4", block_size=32)
     params = quant.quantize(params, targets=["up_proj"], method="int8", block_size=None)
     params = peft.lora(params, ["q_proj", "v_proj"], rank=4, rng=jax.random.PRNGKey(1))
     params = peft.dora(params, ["k_proj"], rank=4, rng=jax.random.PRNGKey(2))
-    params = peft.adapter(params, ["down_proj"], bottleneck=8, rng=jax.random.PRNGKey(3))
+    return peft.adapter(params, ["down_proj"], bottleneck=8, rng=jax.random.PRNGKey(3))
+
+
+def test_adapter_and_quantized_leaves_shard_like_their_base(dense):
+    params = jax.eval_shape(transformed, dense)
     got = specs(sharding.param_shardings(params, MESH, sharding.rules_for("fsdp_tp")))
     q, v, k = (f"layers/self_attn/{n}/kernel" for n in ("q_proj", "v_proj", "k_proj"))
     assert got[f"{q}/base"] == P(None, "fsdp", "tensor")
@@ -110,7 +116,9 @@ def test_adapter_and_quantized_leaves_shard_like_their_base(dense):
 
 
 def test_opt_state_takes_the_param_shardings(dense):
-    params = peft.lora(dense, ["q_proj"], rank=4, rng=jax.random.PRNGKey(1))
+    params = jax.eval_shape(
+        lambda p: peft.lora(p, ["q_proj"], rank=4, rng=jax.random.PRNGKey(1)), dense
+    )
     trainable, _ = peft.split_trainable(params)
     rules = sharding.rules_for("fsdp_tp")
     t_sh = jax.tree.map(

@@ -260,7 +260,7 @@ def _dense_shape(leaf: Any) -> tuple[int, ...] | None:
     if _is_array(leaf):
         return tuple(leaf.shape)
     try:
-        return tuple(jax.eval_shape(leaf.materialize).shape)
+        return tuple(jax.eval_shape(lambda w: w.materialize(), leaf).shape)
     except Exception:  # e.g. a nonlinear (Houlsby) adapter: take the shape of what it wraps
         base = getattr(leaf, "base", None)
         return None if base is None else _dense_shape(base)
