@@ -26,10 +26,14 @@ Topologies are small overlays on that base:
 so a rule table fits every model and mesh shape (a KV head count of 1 is simply replicated).
 
 Batch order is ("fsdp", "data"), fsdp major, on purpose. On jax 0.10.2 (Shardy partitioner,
-XLA:CPU) a (2, 2, 2) mesh with a weight split P("fsdp", "tensor") and a batch split
-P(("data", "fsdp")) computes the right loss but wrong gradients; the same layout with the batch
-P(("fsdp", "data")) is right (tests/test_sharding_xla_bug.py shows both).
-`check_rules` rejects the faulty order when some logical name maps to "tensor".
+XLA:CPU) a (2, 2, 2) mesh with weights split P("fsdp", "tensor") and a batch split
+P(("data", "fsdp")) computes the right loss but wrong gradients (errors as large as the
+gradients). The same weights with the batch P(("fsdp", "data")) are right, and so is the faulty
+order under the older GSPMD partitioner (tests/test_sharding_xla_bug.py). No single weight
+triggers it; pairs do (q_proj with o_proj, up_proj with down_proj, embedding with lm_head, all
+split P("fsdp", "tensor")). The shipped fsdp_tp layout splits o/down_proj the other way round and
+gave right gradients with either order on (2, 2, 2), but the order is not left to chance:
+`check_rules` rejects ("data", ..., "fsdp") whenever some logical name maps to "tensor".
 """
 
 from __future__ import annotations
