@@ -28,8 +28,9 @@ so a rule table fits every model and mesh shape (a KV head count of 1 is simply 
 Batch order is ("fsdp", "data"), fsdp major, on purpose. On jax 0.10.2 (Shardy partitioner,
 XLA:CPU) a (2, 2, 2) mesh with weights split P("fsdp", "tensor") and a batch split
 P(("data", "fsdp")) computes the right loss but wrong gradients (errors as large as the
-gradients). The same weights with the batch P(("fsdp", "data")) are right, and so is the faulty
-order under the older GSPMD partitioner (tests/test_sharding_xla_bug.py). No single weight
+gradients). The same weights with the batch P(("fsdp", "data")) are right
+(tests/test_sharding_xla_bug.py shows both), and so is the faulty order under the older GSPMD
+partitioner (jax_use_shardy_partitioner=False, checked by hand). No single weight
 triggers it; pairs do (q_proj with o_proj, up_proj with down_proj, embedding with lm_head, all
 split P("fsdp", "tensor")). The shipped fsdp_tp layout splits o/down_proj the other way round and
 gave right gradients with either order on (2, 2, 2), but the order is not left to chance:
