@@ -6,8 +6,9 @@
 Each `--mesh NAME=D,F,T[:TOPOLOGY]` trains the same model (a 2-layer Llama, v_proj NF4-quantized,
 LoRA rank 4 on q/v/down_proj, everything else frozen) for STEPS Adam steps of a masked LM loss
 over packed rows, with params, adapter and quantized leaves, optimizer state and batch placed by
-jaxtune.sharding, and stores its final params (every array, gathered) and losses under NAME. A mesh of (1, 1, 1)
-uses one device. The XLA device count must be set before jax is imported, hence a subprocess.
+jaxtune.sharding, and stores its final params, first-step gradients and losses under NAME. A mesh
+of (1, 1, 1) uses one device. The XLA device count must be set before jax is imported, hence a
+subprocess.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 
 def parse() -> argparse.Namespace:
@@ -121,9 +123,10 @@ def loss_fn(params: dict, batch: dict) -> jax.Array:
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def train(mesh: jax.sharding.Mesh, rules: sharding.Rules) -> tuple[dict, list[float]]:
+def train(mesh: jax.sharding.Mesh, rules: sharding.Rules) -> dict[str, np.ndarray]:
     """STEPS Adam steps under `mesh`, as the train loop does them: the optimizer sees only the
-    trainable (adapter) arrays; returns the gathered final params (flat by path) and losses."""
+    trainable (adapter) arrays. Returns, flat by path and gathered to the host, the final params
+    ("param/<path>"), the first step's gradients ("grad/<path>") and the losses ("loss")."""
     host = init_params()
     full_sh = sharding.param_shardings(host, mesh, rules)
     mask = peft.trainable_mask(host)
@@ -146,25 +149,31 @@ def train(mesh: jax.sharding.Mesh, rules: sharding.Rules) -> tuple[dict, list[fl
             trainable
         )
         updates, opt_state = tx.update(grads, opt_state, trainable)
-        return optax.apply_updates(trainable, updates), opt_state, loss
+        return optax.apply_updates(trainable, updates), opt_state, loss, grads
 
     with sharding.use_mesh(mesh, rules):
         step = jax.jit(
             step,
             in_shardings=(t_sh, o_sh, f_sh, b_sh),
-            out_shardings=(t_sh, o_sh, sharding.replicated(mesh)),
+            out_shardings=(t_sh, o_sh, sharding.replicated(mesh), t_sh),
             donate_argnums=(0, 1),
         )
-        losses = []
+        losses, first_grads = [], None
         for _ in range(STEPS):
-            trainable, opt_state, loss = step(trainable, opt_state, frozen, batch)
+            trainable, opt_state, loss, grads = step(trainable, opt_state, frozen, batch)
             losses.append(float(loss))
-    gathered = distributed.gather_to_host(peft.combine(trainable, frozen))
-    flat = {
-        sharding.params.path_name(kp): np.asarray(v)
-        for kp, v in jax.tree_util.tree_flatten_with_path(gathered)[0]
+            first_grads = grads if first_grads is None else first_grads
+    out = flat("param", distributed.gather_to_host(peft.combine(trainable, frozen)))
+    out.update(flat("grad", distributed.gather_to_host(first_grads)))
+    out["loss"] = np.array(losses)
+    return out
+
+
+def flat(prefix: str, tree: Any) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}/{sharding.params.path_name(kp)}": np.asarray(v)
+        for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
-    return flat, losses
 
 
 def put(x: np.ndarray, s: jax.sharding.Sharding) -> jax.Array:
@@ -188,9 +197,8 @@ def main(args: argparse.Namespace) -> None:
         dims = tuple(int(s) for s in shape.split(","))
         n = int(np.prod(dims))
         mesh = sharding.make_mesh(dims, devices=jax.devices()[:n])
-        flat, losses = train(mesh, sharding.rules_for(topology or "fsdp_tp"))
-        results.update({f"{name}|{k}": v for k, v in flat.items()})
-        results[f"{name}|loss"] = np.array(losses)
+        run = train(mesh, sharding.rules_for(topology or "fsdp_tp"))
+        results.update({f"{name}|{k}": v for k, v in run.items()})
     if distributed.is_main():
         np.savez(args.out, **results)
     distributed.barrier("done")

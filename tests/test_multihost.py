@@ -36,6 +36,7 @@ def single(tmp_path_factory):
 
 @pytest.mark.parametrize("reference", ["ref", "fsdp_tp"])  # one device; one process, 8 devices
 def test_two_processes_match(two_process_params, single, reference):
+    """Final params, first-step gradients and losses."""
     ref = arrays(single, reference)
     assert sorted(ref) == sorted(two_process_params)
     for name, want in ref.items():
