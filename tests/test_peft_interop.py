@@ -75,8 +75,9 @@ def test_single_layer_matches_peft(use_dora, rslora):
         with torch.no_grad():
             layer.lora_magnitude_vector["default"].weight.mul_(1.3)
     x = torch.randn(3, 5, 24)
-    with torch.no_grad():
-        expected = to_np(layer(x))
+    out = layer(x)
+    expected = to_np(out)
+    (out**2).sum().backward()  # gradients too: PEFT detaches DoRA's norm, and so do we
 
     kw = dict(
         base=jnp.asarray(to_np(layer.base_layer.weight).T),
@@ -90,8 +91,18 @@ def test_single_layer_matches_peft(use_dora, rslora):
         leaf = peft.DoraWeight(magnitude=jnp.asarray(magnitude), **kw)
     else:
         leaf = peft.LoraWeight(**kw)
-    got = linear(jnp.asarray(to_np(x)), leaf, jnp.asarray(to_np(layer.base_layer.bias)))
+    bias = jnp.asarray(to_np(layer.base_layer.bias))
+    got = linear(jnp.asarray(to_np(x)), leaf, bias)
     np.testing.assert_allclose(np.asarray(got), expected, atol=LAYER_TOL, rtol=0)
+
+    grads = jax.grad(lambda w: jnp.sum(linear(jnp.asarray(to_np(x)), w, bias) ** 2))(leaf)
+    pairs = [(grads.lora_a.T, layer.lora_A["default"].weight.grad)]
+    pairs.append((grads.lora_b.T, layer.lora_B["default"].weight.grad))
+    if use_dora:
+        pairs.append((grads.magnitude, layer.lora_magnitude_vector["default"].weight.grad))
+    for ours, theirs in pairs:
+        scale = np.abs(to_np(theirs)).max()
+        np.testing.assert_allclose(np.asarray(ours) / scale, to_np(theirs) / scale, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])

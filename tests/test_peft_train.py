@@ -19,7 +19,7 @@ METHODS = {
     "lora": lambda p: peft.lora(p, "all-linear", rank=RANK, alpha=8, dropout=0.1, rng=KEY),
     "dora": lambda p: peft.dora(p, ["q_proj", "v_proj", "down_proj"], rank=RANK, alpha=8, rng=KEY),
     "adapter": lambda p: peft.adapter(p, bottleneck=8, rng=KEY),
-    "pissa": lambda p: peft.pissa(p, ["q_proj", "v_proj", "up_proj"], rank=RANK, niter=2, rng=KEY),
+    "pissa": lambda p: peft.pissa(p, ["q_proj", "v_proj", "up_proj"], rank=RANK, rng=KEY),
     "freeze": lambda p: peft.freeze(p, trainable_layers=1, extra_modules=["norm"]),
 }
 

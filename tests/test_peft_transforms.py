@@ -123,6 +123,16 @@ def spectral_gap_weight() -> jax.Array:
     return jnp.asarray(np.stack(out), jnp.float32)
 
 
+def test_dora_norm_can_pass_the_gradient(llama):
+    _, params = llama
+    leaf = layer0(randomized(kernel(peft.dora(params, ["o_proj"], rank=4, rng=KEY), "o_proj")))
+    exact = leaf.replace(detach_norm=False)
+    np.testing.assert_allclose(exact.linear(X), leaf.linear(X), atol=1e-6, rtol=0)
+    loss = lambda w: jnp.sum(linear(X, w) ** 2)
+    g_detached, g_exact = jax.grad(loss)(leaf), jax.grad(loss)(exact)
+    assert not np.allclose(g_detached.lora_b, g_exact.lora_b, rtol=1e-3)
+
+
 @pytest.mark.parametrize("niter", [None, 2])
 def test_pissa_reconstructs_the_weight_from_its_principal_part(llama, niter):
     _, params = llama

@@ -3,7 +3,9 @@
     W' = m * (W + s BA) / ||W + s BA||_col        m [..., out] trainable, init ||W||_col
 
 The column norm is treated as a constant (detached from the gradient), as the paper (section 4.3)
-and PEFT do. The forward never forms `W + s BA`: with a plain base the norm is expanded as
+and PEFT do; `detach_norm=False` lets the gradient through it (the paper's exact form).
+
+The forward never forms `W + s BA`: with a plain base the norm is expanded as
 
     ||W_j + s (AB)_j||^2 = ||W_j||^2 + 2 s <A^T W, B>_j + s^2 B_j^T (A^T A) B_j
 
@@ -44,6 +46,7 @@ class DoraWeight(AdapterLeaf):
     dropout_rng: jax.Array | None = None
     scale: float = struct.field(pytree_node=False, default=1.0)
     dropout: float = struct.field(pytree_node=False, default=0.0)
+    detach_norm: bool = struct.field(pytree_node=False, default=True)
 
     trainable_fields = {  # noqa: RUF012
         "lora_a": "lora_a",
@@ -61,7 +64,9 @@ class DoraWeight(AdapterLeaf):
         h = dropout(x, self.dropout, self.dropout_rng)
         base_h = y if h is x else linear(h, base)
         w = materialize(base)  # a plain base stays as is; a quantized one is dequantized
-        norm = jax.lax.stop_gradient(column_norm(w, self.lora_a, self.lora_b, self.scale))
+        norm = column_norm(w, self.lora_a, self.lora_b, self.scale)
+        if self.detach_norm:
+            norm = jax.lax.stop_gradient(norm)
         g = (self.magnitude.astype(jnp.float32) / norm).astype(x.dtype)  # [out]
         low = low_rank(h, self.lora_a, self.lora_b)
         return y + (g - 1) * base_h + g * (self.scale * low).astype(y.dtype)
@@ -95,6 +100,7 @@ def dora(
     alpha: float = 16.0,
     dropout: float = 0.0,
     rslora: bool = False,
+    detach_norm: bool = True,
     rng: jax.Array,
     dtype: Any = jnp.float32,
 ) -> Any:
@@ -111,7 +117,13 @@ def dora(
         a, b = init_low_rank(keys[path], shape, rank, dtype)
         magnitude = jnp.linalg.norm(materialize(w).astype(jnp.float32), axis=-2).astype(dtype)
         return DoraWeight(
-            base=w, lora_a=a, lora_b=b, magnitude=magnitude, scale=scale, dropout=float(dropout)
+            base=w,
+            lora_a=a,
+            lora_b=b,
+            magnitude=magnitude,
+            scale=scale,
+            dropout=float(dropout),
+            detach_norm=detach_norm,
         )
 
     return map_selected(params, paths, wrap)
