@@ -77,7 +77,8 @@ def train_config() -> ml_collections.ConfigDict:
             seq_len=512,  # tokens per row (packed or padded)
             grad_accum=1,  # micro-batches per step (same effective batch, less memory)
             remat="none",  # none | full | dots: recompute the scanned layers in backward
-            loss_chunk=0,  # > 0: LM head + loss in chunks of this many tokens (no full logits)
+            loss_chunk=1024,  # LM head + loss on this many tokens at a time (never all the
+            # [B, T, vocab] fp32 logits at once); 0 = all at once. Same loss either way.
             log_every=10,
             eval_every=0,  # 0 = only at the end (when data.eval is set)
             eval_at_start=False,  # also evaluate before the first step
