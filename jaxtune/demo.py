@@ -51,7 +51,7 @@ def demo_config(model: str, output_dir: Path, steps: int) -> Any:
     config.train.batch_size = 4
     config.train.seq_len = 128  # packed: ~2-3 examples per row
     config.train.loss_chunk = 512
-    config.train.log_every = 5
+    config.train.log_every = 1  # every step in metrics.jsonl and the loss curve
     config.train.eval_every = 0  # at the end
     config.train.save_every = 0
     return config

@@ -4,6 +4,7 @@ the exported files load in transformers / peft and give the trained model's logi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from jaxtune.cli.main import main
 from jaxtune.data import set_path
 from jaxtune.train.restore import load_trained
-from tests.train_support import tiny_llama
+from tests.train_support import read_metrics, tiny_llama
 
 IDS = np.array([[5, 17, 3, 99, 42, 8, 61, 23], [1, 2, 3, 4, 5, 6, 7, 8]], np.int32)
 
@@ -29,7 +30,6 @@ def lora_args(model: str, output_dir) -> list[str]:
         "--config.peft.rank=4",
         "--config.optim.lr=1e-2",
         "--config.optim.warmup_steps=0",
-        "--config.log.tensorboard=false",
     ]
 
 
@@ -43,6 +43,17 @@ def trained(tmp_path_factory):
     assert step == 8
     logits = np.asarray(run.model.apply(params, jnp.asarray(IDS)))
     return model, out, logits
+
+
+def test_run_outputs_are_adapter_only_checkpoints_metrics_and_tensorboard(trained):
+    model, out, _ = trained
+    step_dir = out / "checkpoints" / "8"
+    stored = sum(p.stat().st_size for p in step_dir.rglob("*") if p.is_file())
+    base = sum(p.stat().st_size for p in Path(model).glob("*.safetensors"))
+    assert stored < base / 2  # adapters + their Adam moments only, not the frozen base
+    records = read_metrics(out)
+    assert records[-1]["step"] == 8 and "loss" in records[-1] and "tokens_per_s" in records[-1]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_export_merged_loads_in_transformers(trained, tmp_path):

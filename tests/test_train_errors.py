@@ -33,6 +33,7 @@ def base_args(model: str, output_dir, steps: int = 4) -> list[str]:
         "--config.train.seq_len=128",
         "--config.train.save_every=2",
         "--config.train.remat=none",
+        "--config.optim.warmup_steps=0",
         "--config.log.tensorboard=false",
     ]
 
