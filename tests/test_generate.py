@@ -87,12 +87,14 @@ def test_greedy_matches_transformers(loaded, name):
     tokens = np.asarray(ours.tokens)
     np.testing.assert_array_equal(tokens[:, : ref.shape[1]], ref)
     assert (tokens[:, ref.shape[1] :] == PAD).all()
-    rows = zip(tokens, np.asarray(ours.mask), np.asarray(ours.lengths), strict=True)
-    for row, mask_row, length in rows:
+    extras = (np.asarray(a) for a in (ours.mask, ours.lengths, ours.finished))
+    rows = zip(tokens, *extras, strict=True)
+    for row, mask_row, length, finished in rows:
         hits = np.flatnonzero(row == eos)
         expected = hits[0] + 1 if hits.size else N_NEW
         assert length == expected and mask_row.sum() == expected and mask_row[:expected].all()
         assert (row[expected:] == PAD).all()
+        assert finished == (hits.size > 0)
     assert np.asarray(ours.lengths)[1] <= 4
 
 
@@ -141,7 +143,7 @@ def test_sampled_tokens_and_logprobs_agree_with_full_forward(loaded):
         rng=jax.random.key(0),
     )
     tokens = np.asarray(out.tokens)
-    assert np.asarray(out.mask).all()
+    assert np.asarray(out.mask).all() and not np.asarray(out.finished).any()
     again = generate(
         model,
         params,

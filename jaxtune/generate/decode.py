@@ -33,12 +33,14 @@ class GenerationOutput(NamedTuple):
     lengths: [B] int32, the number of True entries of mask.
     logprobs: [B, N] fp32 log-probability of each token under softmax(logits / temperature)
       (softmax(logits) when greedy), before top-k/top-p; 0 where mask is False.
+    finished: [B] bool, True where the row emitted an EOS (False: cut at max_new_tokens).
     """
 
     tokens: jax.Array
     mask: jax.Array
     lengths: jax.Array
     logprobs: jax.Array
+    finished: jax.Array
 
 
 def generate(
@@ -61,7 +63,8 @@ def generate(
     temperature 0 is greedy; otherwise tokens are sampled (pass `rng`) after temperature,
     top-k (0: off) and top-p (1.0: off), in transformers' order. A row stops after any of
     `eos_ids`; the loop stops when every row has. `bucket` left-pads P to a power of two so that
-    prompt lengths within a bucket share one compile. Call it inside your own jit as well.
+    prompt lengths within a bucket share one compile. Inside your own jit (a PPO rollout) it works
+    the same, without the bucketing and the input checks, which need concrete arrays.
     """
     sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
     if max_new_tokens < 1:
@@ -188,4 +191,5 @@ def _generate(
         mask=state.mask,
         lengths=jnp.sum(state.mask, axis=1, dtype=jnp.int32),
         logprobs=state.logprobs,
+        finished=state.done,
     )
