@@ -9,7 +9,9 @@ same shapes) on the same left-padded prompt batch, EOS off, so both make exactly
 Runs alternate between the two. Prefill = a generate of 1 new token (prompt forward + first
 token); decode tokens/s = batch * (new - 1) / (time(new) - time(1)). Medians are printed, of
 wall-clock time and of process CPU time (steadier on a shared machine). Ratios > 1: jaxtune
-is faster.
+is faster. On a busy machine run with OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP threads
+otherwise collapse under contention (7x slower decode on a 2-core box at load 5), which would
+flatter jaxtune.
 """
 
 from __future__ import annotations
