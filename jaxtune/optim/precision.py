@@ -10,7 +10,8 @@ with `compute_dtype=jnp.bfloat16`, whose `linear` casts each weight to bf16 insi
 so activations are bf16 and gradients come back in fp32. `pure_bf16` is LlamaFactory's: the
 params themselves are bf16 (half the memory, no master copy) and so is the optimizer state; each
 update is still computed in fp32 (upcast, update, round back), which torch's pure-bf16 AdamW
-does not do. The train loop loads with `model_dtypes(mode)` and `build` handles the state.
+does not do. A train loop loads the model with `model_dtypes(mode)` (param dtype, compute
+dtype); `build` stores and computes the optimizer state as the mode says.
 """
 
 from __future__ import annotations
