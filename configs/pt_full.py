@@ -26,6 +26,6 @@ def get_config():
     config.train.steps = 200
     config.train.batch_size = 8
     config.train.seq_len = 512
-    config.train.remat = "full"
+    config.train.remat = "dots"  # keep matmul outputs, recompute the rest; "full" = least memory
     config.train.save_every = 100
     return config

@@ -76,7 +76,8 @@ def train_config() -> ml_collections.ConfigDict:
             batch_size=8,  # rows per optimizer step (all devices, all micro-batches)
             seq_len=512,  # tokens per row (packed or padded)
             grad_accum=1,  # micro-batches per step (same effective batch, less memory)
-            remat="none",  # none | full | dots: recompute the scanned layers in backward
+            remat="dots",  # layer recompute in backward: dots (keep matmul outputs; fastest on
+            # CPU and less memory than none) | full (least memory) | none (keep everything)
             loss_chunk=1024,  # LM head + loss on this many tokens at a time (never all the
             # [B, T, vocab] fp32 logits at once); 0 = all at once. Same loss either way.
             log_every=10,
