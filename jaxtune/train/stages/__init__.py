@@ -8,6 +8,16 @@ nothing else changes.
 
     pt    causal LM on plain text                 (pt.py)
     sft   causal LM on the assistant tokens only  (sft.py; the mask comes from the data worker)
+
+Optional, per stage module or stage object:
+    CONFIG_SECTION = "dpo" and default_config() -> ConfigDict   a config section of its own
+                                                                (checked like every other key)
+    stage.init_params(model, params, rng)     add weights (a value head). Note: with PEFT on,
+                                              peft.split_trainable freezes plain arrays, so a
+                                              head must be a leaf peft counts as trainable
+    stage.train_batches(run, batches, current_params)   make the train batches (PPO rollouts)
+    stage.export_params(params)               what `jaxtune export` writes (drop a value head)
+The data worker is asked for batches with `stage=<name>` (jaxtune.data.make_batches).
 """
 
 from __future__ import annotations
