@@ -1,0 +1,180 @@
+"""Where a rollout's scores come from: Python reward functions and/or a reward model.
+
+    source = RewardSource.create(settings, policy_tokenizer, policy_vocab)
+    scores = source(rollout, prompts=texts, completions=texts)          # np.ndarray [B]
+
+Reward functions follow trl's convention: `fn(completions, prompts=..., completion_ids=...,
+**columns) -> list[float]` (columns: the prompt set's extra fields, e.g. `answer`). Built-ins
+(from jaxtune.losses.verifiable): `exact_match` (the extracted final answer equals `answer`) and
+`format` (<think>...</think><answer>...</answer>). Anything else is a dotted path
+`package.module.function` (or `package.module:function`). Several are comma-separated and
+summed with `reward_weights`. A reward model (jaxtune.models.load_reward_model) scores the
+prompt + response tokens; it must share the policy's tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtune.errors import UserError
+from jaxtune.losses import verifiable
+from jaxtune.rl.rollout import Rollout
+from jaxtune.rl.sequences import join
+from jaxtune.rl.settings import RolloutSettings
+
+RewardFn = Callable[..., Sequence[float]]
+BUILTINS: dict[str, RewardFn] = {
+    "exact_match": verifiable.exact_match_reward,
+    "format": verifiable.format_reward,
+}
+
+
+def resolve(name: str) -> RewardFn:
+    """A built-in reward by name, or a function by dotted path."""
+    name = name.strip()
+    if name in BUILTINS:
+        return BUILTINS[name]
+    module_name, sep, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+    if not sep or not module_name:
+        raise UserError(
+            f"reward function {name!r} is neither a built-in ({', '.join(BUILTINS)}) nor a "
+            "dotted path like 'my_package.rewards.my_reward'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(
+            f"reward function {name!r}: cannot import module {module_name!r} ({e}); put it on "
+            "PYTHONPATH or install it."
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UserError(f"reward function {name!r}: {module_name} has no function {attr!r}.")
+    return fn
+
+
+def parse_weights(text: str, n: int, where: str) -> list[float]:
+    if not text.strip():
+        return [1.0] * n
+    weights = [float(w) for w in text.split(",") if w.strip()]
+    if len(weights) != n:
+        raise UserError(f"{where}: {len(weights)} weights for {n} reward functions.")
+    return weights
+
+
+def call_reward(
+    name: str, fn: RewardFn, completions: list[str], kwargs: dict[str, Any]
+) -> np.ndarray:
+    """fn's scores as float32 [B], checked for count and finiteness."""
+    out = np.asarray(fn(completions, **kwargs), np.float32).reshape(-1)
+    if out.shape[0] != len(completions):
+        raise UserError(
+            f"reward function {name!r} returned {out.shape[0]} scores for {len(completions)} "
+            "completions: return one float per completion."
+        )
+    if not np.isfinite(out).all():
+        raise UserError(f"reward function {name!r} returned a non-finite score: {out.tolist()}")
+    return out
+
+
+@dataclasses.dataclass
+class RewardModelScorer:
+    """A reward model's score of each prompt + response sequence (compiled once per shape)."""
+
+    model: Any
+    params: Any
+    head: Any
+    path: str
+
+    @classmethod
+    def load(cls, path: str, policy_tokenizer: Any, where: str) -> RewardModelScorer:
+        from jaxtune import models
+
+        loader = getattr(models, "load_reward_model", None)
+        if loader is None:
+            raise UserError(
+                f"{where}={path!r} needs jaxtune.models.load_reward_model, which this "
+                "installation does not have; use a reward function instead."
+            )
+        model, params, head = loader(path)
+        check_same_tokenizer(models.load_tokenizer(path), policy_tokenizer, path)
+        return cls(model, params, head, path)
+
+    def __call__(self, rollout: Rollout) -> np.ndarray:
+        seq = join(rollout.prompt_ids, rollout.prompt_mask, rollout.tokens, rollout.mask)
+        top = int(seq["input_ids"].max())
+        if top >= self.model.config.vocab_size:
+            raise UserError(
+                f"reward model {self.path}: token id {top} is outside its vocabulary of "
+                f"{self.model.config.vocab_size}; use a reward model with the policy's tokenizer."
+            )
+        scores = _score(self.model, self.params, self.head, seq["input_ids"], seq["segment_ids"])
+        return np.asarray(jax.device_get(scores), np.float32)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _score(model: Any, params: Any, head: Any, ids: jax.Array, segment_ids: jax.Array):
+    from jaxtune.losses.reward import sequence_reward
+
+    hidden, _ = model.hidden_states(params, ids, attention_mask=segment_ids > 0)
+    return sequence_reward(head, hidden, segment_ids > 0)
+
+
+def check_same_tokenizer(rm_tokenizer: Any, policy_tokenizer: Any, path: str) -> None:
+    """A reward model reads the policy's token ids, so both must use one vocabulary."""
+    if rm_tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+        raise UserError(
+            f"reward model {path}: its tokenizer ({len(rm_tokenizer)} tokens) differs from the "
+            f"policy's ({len(policy_tokenizer)} tokens), so it would read the policy's token ids "
+            "as other words. Train the reward model from the policy's base (same tokenizer)."
+        )
+
+
+@dataclasses.dataclass
+class RewardSource:
+    """The sum of the configured reward functions (weighted) and the reward model's score."""
+
+    functions: list[tuple[str, RewardFn, float]]
+    model: RewardModelScorer | None
+    section: str = "ppo"
+
+    @classmethod
+    def create(cls, settings: RolloutSettings, policy_tokenizer: Any) -> RewardSource:
+        s = settings.section
+        names = [n.strip() for n in settings.reward_fn.split(",") if n.strip()]
+        weights = parse_weights(settings.reward_weights, len(names), f"config.{s}.reward_weights")
+        functions = [(n, resolve(n), w) for n, w in zip(names, weights, strict=True)]
+        model = None
+        if settings.reward_model:
+            model = RewardModelScorer.load(
+                settings.reward_model, policy_tokenizer, f"config.{s}.reward_model"
+            )
+        return cls(functions, model, s)
+
+    def __call__(
+        self, rollout: Rollout, prompts: list[str], completions: list[str]
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """(scores [B], {"reward/<name>": mean} per source)."""
+        kwargs: dict[str, Any] = {k: list(v) for k, v in rollout.columns.items()}
+        kwargs["prompts"] = prompts
+        kwargs["completion_ids"] = [
+            row[m].tolist() for row, m in zip(rollout.tokens, rollout.mask, strict=True)
+        ]
+        total = np.zeros(len(completions), np.float32)
+        parts: dict[str, float] = {}
+        for name, fn, weight in self.functions:
+            out = call_reward(name, fn, completions, kwargs)
+            parts[f"reward/{name.rsplit('.', 1)[-1]}"] = float(out.mean())
+            total += weight * out
+        if self.model is not None:
+            out = self.model(rollout)
+            parts["reward/model"] = float(out.mean())
+            total += out
+        return total, parts
