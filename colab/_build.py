@@ -1,0 +1,637 @@
+"""Writes the colab/*.ipynb notebooks from the cell sources below (edit here, then rebuild).
+
+    .venv/bin/python colab/_build.py            # rewrites every notebook
+    .venv/bin/python colab/_build.py --check    # exit 1 if a notebook differs from this file
+
+Each notebook is a list of cells: ("md", text) or ("code", source). Outputs are not stored (the
+test suite executes every notebook; Colab shows outputs when you run it). Conventions of every
+notebook: a first code cell with the install hint for Colab; a settings cell with `MODEL` (the
+one line to change: a hub id, a local checkpoint or "" for the embedded SmolLM2-135M-Instruct)
+and the size of the run, read from environment variables the tests set
+(JAXTUNE_NOTEBOOK_MODEL, JAXTUNE_NOTEBOOK_STEPS); curves plotted inline; a last cell that asserts
+what the notebook claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+Cell = tuple[str, str]
+
+INSTALL = """\
+# On Colab (or any fresh machine) install jaxtune first, then restart the runtime if asked:
+# !pip install -q "jaxtune @ git+https://github.com/<you>/jaxtune"   # or: !pip install -q jaxtune
+# GPU runtime: !pip install -q -U "jax[cuda12]"     TPU runtime: !pip install -q -U "jax[tpu]"
+"""
+
+
+def settings(default_steps: int, note: str, output_dir: str = "") -> str:
+    """The settings cell: MODEL, STEPS (the tests shrink both) and a fresh OUTPUT_DIR."""
+    fresh = (
+        f'OUTPUT_DIR = "{output_dir}"\n'
+        "shutil.rmtree(OUTPUT_DIR, ignore_errors=True)  # a fresh run each time\n"
+        if output_dir
+        else ""
+    )
+    imports = "import os\nimport shutil\n" if output_dir else "import os\n"
+    return f'''\
+{imports}
+import jax
+
+# The one line to change: a Hugging Face hub id (e.g. "Qwen/Qwen2.5-0.5B-Instruct",
+# "HuggingFaceTB/SmolLM2-360M-Instruct"), a local checkpoint directory or a .gguf file.
+# "" = the embedded SmolLM2-135M-Instruct (offline, fine on a CPU).
+MODEL = os.environ.get("JAXTUNE_NOTEBOOK_MODEL", "")
+STEPS = int(os.environ.get("JAXTUNE_NOTEBOOK_STEPS", "{default_steps}"))  # {note}
+{fresh}print("devices:", jax.devices())
+'''
+
+
+# ----------------------------------------------------------------------------- 01 LoRA SFT
+LORA_SFT: list[Cell] = [
+    (
+        "md",
+        """\
+# LoRA SFT on one accelerator
+
+Teach a chat model to answer like a pirate with LoRA (rank 16 on every linear layer), using the
+same `jaxtune.train.train` that `jaxtune train --config=configs/sft_lora.py` runs:
+
+1. load the model and add LoRA leaves to its params;
+2. ask it a few held-out questions;
+3. train on the shipped `demo_pirate` set (80 chats) and plot the loss curve;
+4. ask again, export a merged Hugging Face checkpoint and load it in transformers.
+
+On 2 CPU cores with the embedded SmolLM2-135M-Instruct this takes about two minutes; on a Colab
+GPU or TPU, set `MODEL` to a hub id.""",
+    ),
+    ("code", INSTALL),
+    ("code", settings(30, "~1.5 min on 2 CPU cores", "runs/colab_lora_sft")),
+    (
+        "md",
+        """\
+## The run's config
+
+Every key of `jaxtune train`'s config is here (`default_config()`); a recipe changes a few.
+`data.packing` puts several short chats in one row (segment ids keep them apart) and only the
+assistant's tokens are learned.""",
+    ),
+    (
+        "code",
+        """\
+from jaxtune.data import set_path
+from jaxtune.train import default_config
+
+config = default_config()
+config.stage = "sft"
+config.output_dir = OUTPUT_DIR
+config.model.path = MODEL
+config.data.train = set_path("demo_pirate")  # {"messages": [{"role": "user", ...}, ...]}
+config.data.eval = set_path("demo_pirate_eval")  # 14 held-out chats in the same style
+config.data.packing = True
+config.peft.method = "lora"
+config.peft.rank = 16
+config.peft.alpha = 32.0  # the update is scaled by alpha / rank
+config.peft.targets = "all-linear"
+config.optim.lr = 2e-3
+config.optim.warmup_steps = 4
+config.train.steps = STEPS
+config.train.batch_size = 4
+config.train.seq_len = 128
+config.train.log_every = 1
+config.train.eval_at_start = True  # held-out loss before the first step ...
+config.train.eval_every = max(STEPS // 3, 1)  # ... and along the way""",
+    ),
+    (
+        "md",
+        """\
+## Before training
+
+`build_run` loads the model, adds the LoRA leaves (B = 0, so the model is unchanged) and splits
+the params into the trainable adapters and the frozen base.""",
+    ),
+    (
+        "code",
+        """\
+import json
+from pathlib import Path
+
+from jaxtune.generate import generate_text
+from jaxtune.train import build_run
+
+run = build_run(config)
+rows = Path(set_path("demo_pirate_eval")).read_text().splitlines()
+QUESTIONS = [json.loads(row)["messages"][0]["content"] for row in rows[:3]]
+
+
+def answer(params):
+    return generate_text(run.model, params, run.tokenizer, QUESTIONS, max_new_tokens=32)
+
+
+before = answer(run.combine(run.trainable, run.frozen))
+for q, a in zip(QUESTIONS, before, strict=True):
+    print(f"Q: {q}\\nA: {a}\\n")""",
+    ),
+    ("md", "## Train\n\nThe loop logs every step to `metrics.jsonl` (and TensorBoard)."),
+    (
+        "code",
+        """\
+from jaxtune import notebook
+from jaxtune.train import train
+
+result = train(config, run=run)
+params = run.combine(result.state.params, run.frozen)
+notebook.plot_metrics(OUTPUT_DIR, ["loss", "eval_loss"], title="LoRA SFT")""",
+    ),
+    ("md", "## After training: the same questions"),
+    (
+        "code",
+        """\
+after = answer(params)
+for q, b, a in zip(QUESTIONS, before, after, strict=True):
+    print(f"Q: {q}\\n  before: {b}\\n  after:  {a}\\n")""",
+    ),
+    (
+        "md",
+        """\
+## Export a merged Hugging Face checkpoint
+
+`export_merged` folds the adapters into the base weights and writes `config.json`,
+`model.safetensors` and the tokenizer: a plain checkpoint that transformers (or vLLM, or
+`jaxtune generate --model ...`) loads. `jaxtune export --checkpoint OUTPUT_DIR --out DIR` does
+the same from the command line; add `--adapter` for a PEFT adapter instead.""",
+    ),
+    (
+        "code",
+        """\
+import importlib.util
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtune.train.export import export_merged
+
+merged_dir = export_merged(run, params, f"{OUTPUT_DIR}/merged")
+print(sorted(p.name for p in Path(merged_dir).iterdir()))
+
+ids = run.tokenizer("Ahoy, what is the sea?")["input_ids"]
+ours = np.asarray(run.model.apply(params, jnp.asarray([ids])))
+if importlib.util.find_spec("torch"):  # transformers needs torch to run the model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits.numpy()
+    print(f"transformers vs jaxtune, max |logit diff|: {np.abs(theirs - ours).max():.1e}")
+    assert np.abs(theirs - ours).max() < 1e-3""",
+    ),
+    ("md", "## What this notebook claims: the held-out loss went down"),
+    (
+        "code",
+        """\
+loss_before = result.evals[0]["eval_loss"]
+loss_after = result.evals[STEPS]["eval_loss"]
+print(f"held-out loss {loss_before:.3f} -> {loss_after:.3f}")
+assert loss_after < loss_before - 0.3, (loss_before, loss_after)""",
+    ),
+]
+
+# ----------------------------------------------------------------------------- 02 QLoRA
+QLORA: list[Cell] = [
+    (
+        "md",
+        """\
+# QLoRA: LoRA over a 4-bit base
+
+QLoRA (Dettmers et al. 2023) stores the frozen base weights as NF4 (4-bit NormalFloat, blocks
+of 64 values with their own scale, the scales themselves quantized to 8 bits) and trains fp32
+LoRA adapters on top. The base takes about a quarter of a byte more than half a byte per
+parameter instead of 4 (fp32) or 2 (bf16), which is what lets a 7B model fine-tune on one
+16 GB GPU. In jaxtune a quantized weight is just another param leaf: the matmul dequantizes a
+block at a time, and LoRA wraps it like any other weight.
+
+This is `configs/sft_qlora.py` in a notebook: same data and loop as `01_lora_sft`, plus
+`config.quant`.""",
+    ),
+    ("code", INSTALL),
+    ("code", settings(30, "~2 min on 2 CPU cores", "runs/colab_qlora")),
+    (
+        "code",
+        """\
+from jaxtune.data import set_path
+from jaxtune.train import default_config
+
+config = default_config()
+config.stage = "sft"
+config.output_dir = OUTPUT_DIR
+config.model.path = MODEL
+config.data.train = set_path("demo_pirate")
+config.data.eval = set_path("demo_pirate_eval")
+config.data.packing = True
+config.quant.method = "nf4"  # nf4 | fp4 | int8: the frozen base
+config.quant.block_size = 64  # values per absmax scale (along each weight's input axis)
+config.quant.double_quant = True  # the scales as 8-bit codes in blocks of 256
+config.quant.targets = "all-linear"  # embeddings, norms and the LM head stay as loaded
+config.peft.method = "lora"
+config.peft.rank = 16
+config.peft.alpha = 32.0
+config.optim.lr = 2e-3
+config.optim.warmup_steps = 4
+config.train.steps = STEPS
+config.train.batch_size = 4
+config.train.seq_len = 128
+config.train.log_every = 1
+config.train.eval_at_start = True
+config.train.eval_every = max(STEPS // 3, 1)""",
+    ),
+    (
+        "md",
+        """\
+## Memory of the params
+
+`QuantizedWeight` leaves hold the packed 4-bit codes (two per byte) and the scales; the LoRA
+leaves around them hold fp32 `A` and `B`. Counting bytes of the actual arrays:""",
+    ),
+    (
+        "code",
+        """\
+import numpy as np
+
+from jaxtune import notebook, quant
+from jaxtune.optim.size import state_bytes
+from jaxtune.train import build_run
+
+run = build_run(config)
+params = run.combine(run.trainable, run.frozen)
+leaves = jax.tree.leaves(params, is_leaf=quant.is_quantized)
+quantized = [w for w in leaves if quant.is_quantized(w)]
+nf4_bytes = sum(w.nbytes for w in quantized)
+fp32_bytes = sum(int(np.prod(w.shape)) * 4 for w in quantized)
+n_weights = sum(int(np.prod(w.shape)) for w in quantized)
+print(f"quantized weights: {n_weights:,} parameters")
+print(f"  as fp32: {notebook.format_bytes(fp32_bytes)}")
+print(f"  as NF4:  {notebook.format_bytes(nf4_bytes)} ({nf4_bytes / n_weights:.3f} bytes/param)")
+print(f"everything stored: {notebook.format_bytes(notebook.tree_bytes(params))}")
+print(f"LoRA adapters:     {notebook.format_bytes(notebook.tree_bytes(run.trainable))}")
+print(f"Adam state:        {notebook.format_bytes(state_bytes(run.optimizer, run.trainable))}")""",
+    ),
+    ("md", "## Train (only the adapters get gradients and optimizer state)"),
+    (
+        "code",
+        """\
+from jaxtune.train import train
+
+result = train(config, run=run)
+params = run.combine(result.state.params, run.frozen)
+notebook.plot_metrics(OUTPUT_DIR, ["loss", "eval_loss"], title="QLoRA SFT")""",
+    ),
+    (
+        "md",
+        """\
+## Export
+
+A merged export dequantizes the base and folds the adapters in: a plain Hugging Face
+checkpoint (`jaxtune export --checkpoint OUTPUT_DIR --out DIR`). Reloaded, it gives the logits
+of the QLoRA model up to float rounding.""",
+    ),
+    (
+        "code",
+        """\
+import jax.numpy as jnp
+
+from jaxtune import models
+from jaxtune.train.export import export_merged
+
+merged_dir = export_merged(run, params, f"{OUTPUT_DIR}/merged")
+model, merged = models.load(merged_dir)
+ids = jnp.asarray([run.tokenizer("Ahoy, what is the sea?")["input_ids"]])
+diff = float(jnp.abs(model.apply(merged, ids) - run.model.apply(params, ids)).max())
+print(f"merged export vs QLoRA params, max |logit diff|: {diff:.1e}")""",
+    ),
+    ("md", "## What this notebook claims: 4-bit base, and the held-out loss went down"),
+    (
+        "code",
+        """\
+loss_before = result.evals[0]["eval_loss"]
+loss_after = result.evals[STEPS]["eval_loss"]
+print(f"held-out loss {loss_before:.3f} -> {loss_after:.3f}")
+print(f"NF4 base: {nf4_bytes / fp32_bytes:.3f} of fp32")
+assert nf4_bytes < 0.14 * fp32_bytes  # 0.5 byte + scales per parameter, vs 4 bytes
+assert diff < 1e-3
+assert loss_after < loss_before - 0.3, (loss_before, loss_after)""",
+    ),
+]
+
+# ----------------------------------------------------------------------------- 05 own model
+OWN_MODEL: list[Cell] = [
+    (
+        "md",
+        """\
+# jaxtune's transforms in your own Flax model
+
+The PEFT and quantization transforms of jaxtune are pure functions on a params pytree: they
+select weights by path (`"all-linear"`, module names, a regex or a predicate) and return a new
+tree whose leaves may be adapters (`LoraWeight`, ...) or quantized weights. Nothing in your
+model has to change:
+
+- `peft.lora(params, targets, rank=..., rng=...)` adds LoRA leaves (B = 0: the same function);
+- `peft.split_trainable(params)` gives the arrays to differentiate and the frozen rest;
+- `peft.wrap(apply_fn)` makes any `apply(params, ...)` accept adapted params (it materialises
+  `W + s·A·B` inside the function); `peft.merge` folds the adapters back into plain weights;
+- `quant.quantize(params, targets, method="nf4")` stores chosen kernels in 4 bits (QLoRA).
+
+Below: a linen MLP trained on task A, then adapted to task B with LoRA and with QLoRA, with a
+hand-written optax loop; then the same with an NNX module; then a pretrained LLM (`MODEL`) in
+the same loop.""",
+    ),
+    ("code", INSTALL),
+    ("code", settings(300, "optimizer steps per fit")),
+    (
+        "code",
+        """\
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxtune import peft, quant
+
+
+class MLP(nn.Module):
+    \"\"\"A plain linen model: nothing in it knows about jaxtune.\"\"\"
+
+    width: int = 128
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.gelu(nn.Dense(self.width, name="up")(x))
+        x = nn.gelu(nn.Dense(self.width, name="mid")(x))
+        return nn.Dense(1, name="out")(x)
+
+
+W = np.random.default_rng(0).normal(size=(2, 16, 1)) / 4  # two directions in input space
+
+
+def task(seed, shift, n=512):
+    \"\"\"y = sin(3 x.w0 + shift) + cos(3 x.w1) at 16-d points (task A: shift 0).\"\"\"
+    x = np.random.default_rng(seed).normal(size=(n, 16))
+    y = np.sin(3 * x @ W[0] + shift) + np.cos(3 * x @ W[1])
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+
+def fit(apply, params, x, y, steps=STEPS, lr=1e-2):
+    \"\"\"Adam on what peft counts as trainable: everything in a plain tree; only the adapter
+    arrays once a transform added adapters. The frozen rest is closed over: no gradient and
+    no optimizer state for it.\"\"\"
+    trainable, frozen = peft.split_trainable(params)
+    opt = optax.adam(lr)
+    opt_state = opt.init(trainable)
+
+    def loss_fn(trainable):
+        return jnp.mean((apply(peft.combine(trainable, frozen), x) - y) ** 2)
+
+    @jax.jit
+    def step(trainable, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        return optax.apply_updates(trainable, updates), opt_state, loss
+
+    losses = []
+    for _ in range(steps):
+        trainable, opt_state, loss = step(trainable, opt_state)
+        losses.append(float(loss))
+    return peft.combine(trainable, frozen), losses
+
+
+def mse(apply, params, x, y):
+    return float(jnp.mean((apply(params, x) - y) ** 2))
+
+
+model = MLP()
+x_a, y_a = task(0, shift=0.0)
+x_b, y_b = task(1, shift=1.0)
+base, base_losses = fit(model.apply, model.init(jax.random.key(0), x_a), x_a, y_a)
+print(
+    f"base model: task A loss {mse(model.apply, base, x_a, y_a):.4f}, "
+    f"task B loss {mse(model.apply, base, x_b, y_b):.4f}"
+)""",
+    ),
+    (
+        "md",
+        """\
+## LoRA on the linen model
+
+`peft.select` shows which kernels a target spec picks (paths read like the params tree).
+Rank 4 on the two hidden layers: the output layer (`[128, 1]`) has no room for a rank-4
+update.""",
+    ),
+    (
+        "code",
+        """\
+print(peft.select(base, ["up", "mid"]))
+apply = peft.wrap(model.apply)
+adapted = peft.lora(base, ["up", "mid"], rank=4, alpha=8.0, rng=jax.random.key(1))
+peft.print_trainable_parameters(adapted)
+lora_init_diff = float(jnp.abs(apply(adapted, x_b) - model.apply(base, x_b)).max())
+print(f"adapted vs base at init, max |diff|: {lora_init_diff}")
+
+adapted, lora_losses = fit(apply, adapted, x_b, y_b)
+merged = peft.merge(adapted)  # plain linen params again: model.apply(merged, x)
+merge_diff = float(jnp.abs(model.apply(merged, x_b) - apply(adapted, x_b)).max())
+print(
+    f"LoRA on task B: {lora_losses[0]:.4f} -> {lora_losses[-1]:.4f}; "
+    f"merged vs adapted max |diff| {merge_diff:.1e}"
+)""",
+    ),
+    (
+        "md",
+        """\
+## QLoRA on the linen model
+
+Quantize the `[128, 128]` hidden kernel to NF4 (blocks of 64 along its input axis), then add
+LoRA on top: the LoRA leaf takes the quantized weight as its base. The quantized base is
+frozen (it is not a float array), so only `A` and `B` train.""",
+    ),
+    (
+        "code",
+        """\
+qbase = quant.quantize(base, ["mid"], method="nf4", block_size=64)
+w, qw = base["params"]["mid"]["kernel"], qbase["params"]["mid"]["kernel"]
+print(type(qw).__name__, f"{w.nbytes} -> {qw.nbytes} bytes")
+qadapted = peft.lora(qbase, ["up", "mid"], rank=4, alpha=8.0, rng=jax.random.key(2))
+qlora_init_diff = float(jnp.abs(apply(qadapted, x_b) - apply(qbase, x_b)).max())
+qadapted, qlora_losses = fit(apply, qadapted, x_b, y_b)
+print(f"QLoRA on task B: {qlora_losses[0]:.4f} -> {qlora_losses[-1]:.4f}")""",
+    ),
+    (
+        "md",
+        """\
+## The same with an NNX module
+
+`nnx.split` gives a state pytree; the transforms act on it like on linen params, and `wrap`
+takes a function of the state.""",
+    ),
+    (
+        "code",
+        """\
+from flax import nnx
+
+
+class NnxMLP(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.up = nnx.Linear(16, 128, rngs=rngs)
+        self.mid = nnx.Linear(128, 128, rngs=rngs)
+        self.out = nnx.Linear(128, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.gelu(self.mid(nnx.gelu(self.up(x)))))
+
+
+graphdef, state = nnx.split(NnxMLP(nnx.Rngs(0)))
+nnx_apply = lambda state, x: nnx.merge(graphdef, state)(x)
+nnx_base, _ = fit(nnx_apply, state, x_a, y_a)
+nnx_adapted = peft.lora(nnx_base, ["up", "mid"], rank=4, alpha=8.0, rng=jax.random.key(3))
+wrapped = peft.wrap(nnx_apply)
+nnx_init_diff = float(jnp.abs(wrapped(nnx_adapted, x_b) - nnx_apply(nnx_base, x_b)).max())
+nnx_adapted, nnx_losses = fit(wrapped, nnx_adapted, x_b, y_b)
+print(f"NNX LoRA on task B: {nnx_losses[0]:.4f} -> {nnx_losses[-1]:.4f}")""",
+    ),
+    (
+        "code",
+        """\
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot(base_losses, label="base (task A, full training)")
+ax.plot(lora_losses, label="LoRA (task B)")
+ax.plot(qlora_losses, label="QLoRA (task B)")
+ax.plot(nnx_losses, label="NNX LoRA (task B)")
+ax.set_yscale("log")
+ax.set_xlabel("step")
+ax.set_ylabel("MSE")
+ax.legend()
+plt.show()""",
+    ),
+    (
+        "md",
+        """\
+## A pretrained LLM in your own loop
+
+jaxtune's own models route every matmul through `jaxtune.models.layers.linear`, which lets an
+adapter or quantized leaf do its own matmul (LoRA as `x·W + s·(x·A)·B`, never forming
+`W + s·A·B`): no `wrap` needed. The same `fit` pattern, on `MODEL` with a next-token loss.""",
+    ),
+    (
+        "code",
+        """\
+import jaxtune.models as jm
+from jaxtune import losses
+from jaxtune.hub.smollm2 import smollm2_path
+
+llm, llm_params = jm.load(MODEL or smollm2_path())
+tokenizer = jm.load_tokenizer(MODEL or smollm2_path())
+llm_params = peft.lora(llm_params, "all-linear", rank=8, alpha=16.0, rng=jax.random.key(4))
+text = "Arr! The sea be wide and the wind be strong, matey. Ye best hold on to yer hat!"
+ids = np.asarray([tokenizer(text)["input_ids"]], np.int32)
+
+
+def lm_apply(params, ids):
+    return llm.apply(params, ids)
+
+
+trainable, frozen = peft.split_trainable(llm_params)
+
+
+def lm_loss(trainable):
+    logits = lm_apply(peft.combine(trainable, frozen), ids[:, :-1])
+    total, count = losses.lm_loss(logits, ids[:, 1:], np.ones(ids[:, 1:].shape, np.float32))
+    return total / count
+
+
+opt = optax.adam(1e-3)
+opt_state = opt.init(trainable)
+
+
+@jax.jit
+def lm_step(trainable, opt_state):
+    loss, grads = jax.value_and_grad(lm_loss)(trainable)
+    updates, opt_state = opt.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, loss
+
+
+llm_losses = []
+for _ in range(10):
+    trainable, opt_state, loss = lm_step(trainable, opt_state)
+    llm_losses.append(float(loss))
+print(f"LLM LoRA on one sentence: {llm_losses[0]:.3f} -> {llm_losses[-1]:.3f}")""",
+    ),
+    ("md", "## What this notebook claims"),
+    (
+        "code",
+        """\
+print(
+    f"at init, adapted == base: linen {lora_init_diff}, QLoRA {qlora_init_diff}, "
+    f"NNX {nnx_init_diff}"
+)
+assert lora_init_diff == 0.0 and qlora_init_diff == 0.0 and nnx_init_diff == 0.0
+assert merge_diff < 1e-4
+for name, curve in [("LoRA", lora_losses), ("QLoRA", qlora_losses), ("NNX", nnx_losses)]:
+    assert curve[-1] < 0.2 * curve[0], (name, curve[0], curve[-1])
+assert llm_losses[-1] < llm_losses[0] - 0.5, llm_losses""",
+    ),
+]
+
+NOTEBOOKS: dict[str, list[Cell]] = {
+    "01_lora_sft.ipynb": LORA_SFT,
+    "02_qlora.ipynb": QLORA,
+    "05_transforms_in_your_flax_model.ipynb": OWN_MODEL,
+}
+
+
+def build(cells: list[Cell]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "accelerator": "GPU",
+        "colab": {"provenance": []},
+    }
+    for i, (kind, source) in enumerate(cells):
+        make = nbformat.v4.new_markdown_cell if kind == "md" else nbformat.v4.new_code_cell
+        cell = make(source.rstrip("\n"))
+        cell.id = f"cell-{i:02d}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def render(cells: list[Cell]) -> str:
+    return nbformat.writes(build(cells)) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, cells in NOTEBOOKS.items():
+        path, text = HERE / name, render(cells)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"out of date (run colab/_build.py): {stale}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
