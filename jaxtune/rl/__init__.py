@@ -10,7 +10,8 @@
          └─► minibatches.epochs: `ppo_epochs` passes of `num_minibatches` train batches
 
 One concept per file: settings.py (the config section shared by both stages), sequences.py,
-rollout.py, rewards.py, reference.py, value_head.py, advantages.py, minibatches.py,
-stats.py (rollout metrics carried in the train batches). The losses are jaxtune.losses.ppo and
-jaxtune.losses.grpo.
+rollout.py, rewards.py, value_head.py, advantages.py, minibatches.py, stats.py (rollout metrics
+carried in the train batches), driver.py (the loop). The losses are jaxtune.losses.ppo and
+jaxtune.losses.grpo; the reference policy is jaxtune.train.reference (adapters disabled, or a
+copy).
 """

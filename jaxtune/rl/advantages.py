@@ -40,7 +40,10 @@ def ppo_targets(
     whiten: bool = True,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """({advantages, returns} [B, N], metrics) of a rollout; arrays [B, N], scores [B]."""
-    mask = mask.astype(jnp.float32)
+    logprobs, ref_logprobs, values, scores = map(
+        jnp.asarray, (logprobs, ref_logprobs, values, scores)
+    )
+    mask = jnp.asarray(mask, jnp.float32)
     kl = kl_penalty(logprobs, ref_logprobs, estimator) * mask
     rewards = token_rewards(scores, kl, mask, kl_coef)
     adv, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
@@ -61,6 +64,7 @@ def grpo_targets(
     scores: jax.Array, group_size: int, *, scale: str = "group"
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(advantages [B], metrics) of a GRPO rollout (rows of a group consecutive)."""
+    scores = jnp.asarray(scores, jnp.float32)
     adv = group_advantages(scores, group_size, scale=scale)
     groups = scores.reshape(-1, group_size)
     metrics = {

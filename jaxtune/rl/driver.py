@@ -23,9 +23,10 @@ import numpy as np
 
 from jaxtune.generate.text import pad_id_for, stop_ids
 from jaxtune.rl import minibatches, rollout, sequences, stats
-from jaxtune.rl.reference import Reference
 from jaxtune.rl.rewards import RewardSource
 from jaxtune.rl.settings import RolloutSettings
+from jaxtune.rl.value_head import drop_value_head
+from jaxtune.train.reference import Reference
 
 
 class RolloutStage(Protocol):
@@ -57,7 +58,7 @@ def rollout_batches(
     tokenizer = run.tokenizer
     eos, pad = stop_ids(run.model, tokenizer), pad_id_for(run.model, tokenizer)
     rewards = RewardSource.create(settings, tokenizer)
-    reference = Reference.for_run(run)
+    reference = Reference.for_run(run, strip=drop_value_head)  # adapters off, or a copy
     seed = int(run.config.seed)
     host_rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed + 1)

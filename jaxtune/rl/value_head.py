@@ -36,8 +36,14 @@ def add_value_head(params: Any, rng: jax.Array, dim: int) -> Any:
 
 
 def drop_value_head(params: Any) -> Any:
-    """params without the value head (a plain dict root)."""
-    return {k: v for k, v in params.items() if k != KEY}
+    """params without the value head (a freeze-tuning record kept, minus the head's entry)."""
+    from jaxtune import peft
+
+    rest = {k: v for k, v in params.items() if k != KEY}
+    if isinstance(params, peft.FreezeParams):
+        spec = tuple((p, m) for p, m in params.spec if not p.startswith(KEY + "/"))
+        return peft.FreezeParams(rest, spec) if spec else rest
+    return rest
 
 
 def head_values(params: Any, hidden: jax.Array) -> jax.Array:
