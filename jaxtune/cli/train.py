@@ -2,6 +2,8 @@
 
 The run writes to config.output_dir: checkpoints/, metrics.jsonl, tensorboard/, config.json.
 Running the same command again continues from the newest checkpoint.
+Multi-host: every host runs the same command; the process joins the others first
+(`jaxtune.sharding.distributed.initialize` with config.distributed; nothing with one process).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from jaxtune.cli.config_flags import parse_config_args
     from jaxtune.errors import UserError
-    from jaxtune.train import train
+    from jaxtune.sharding import distributed
 
     config, rest = parse_config_args(args.rest)
     if rest:
         raise UserError(f"unrecognized arguments: {' '.join(rest)}")
+    distributed.initialize(config.distributed)  # before anything touches the devices
+    from jaxtune.train import train
+
     result = train(config)
     final = result.losses.get(config.train.steps)
     summary = f"done: {config.train.steps} steps"
@@ -36,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
     evals = result.evals.get(config.train.steps)
     if evals and "eval_loss" in evals:
         summary += f", eval loss {evals['eval_loss']:.4f}"
-    print(f"{summary}; outputs in {config.output_dir}")
+    if distributed.is_main():
+        print(f"{summary}; outputs in {config.output_dir}")
     return 0

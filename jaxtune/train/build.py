@@ -3,8 +3,13 @@
 Each piece is a call into the package that owns it (models, quant, peft, optim, data, sharding);
 this module only wires them in the order the design draws:
 
-    models.load ─► quant.quantize ─► peft.<method> ─► stage.init_params ─► peft.split_trainable
-                                                                         └► optim.build(labels)
+    models.load ─► peft.<method> ─► stage.init_params ─► peft.split_trainable
+    (quant.load_quantized when quant.method != none)    └► optim.build(labels)
+
+Quantized runs load through `quant.load_quantized`, which quantizes layer by layer while reading
+(never the whole float model in memory) and gives the same params as load-then-quantize. The
+param and compute dtypes are `optim.model_dtypes(optim.mixed_precision)` when that mode is not
+"none", else model.dtype / model.compute_dtype.
 """
 
 from __future__ import annotations
@@ -76,26 +81,46 @@ def model_path(config: ml_collections.ConfigDict) -> str:
     return str(smollm2_path())
 
 
-def load_model(
-    config: ml_collections.ConfigDict, shardings: Callable | None = None
-) -> tuple[Any, Any]:
-    """(model, params) with the config's dtypes, remat policy and attention implementation;
-    each tensor lands on `shardings(name, shape)` while loading."""
-    from jaxtune import models
-    from jaxtune.optim import model_dtypes
+def model_dtypes(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """(param dtype, compute dtype or None) of the run: optim.mixed_precision's when it is set
+    (bf16: fp32 params, bf16 compute; pure_bf16: bf16 both), else model.dtype/compute_dtype."""
+    from jaxtune.optim import model_dtypes as precision_dtypes
 
     m = config.model
     dtype, compute = DTYPES[m.dtype], DTYPES[m.compute_dtype] if m.compute_dtype else None
-    mixed_dtype, mixed_compute = model_dtypes(config.optim.mixed_precision)
-    dtype, compute = mixed_dtype or dtype, mixed_compute or compute
-    return models.load(
-        model_path(config),
-        dtype,
+    mixed_dtype, mixed_compute = precision_dtypes(config.optim.mixed_precision)
+    return mixed_dtype or dtype, mixed_compute or compute
+
+
+def load_model(
+    config: ml_collections.ConfigDict, shardings: Callable | None = None
+) -> tuple[Any, Any]:
+    """(model, params) with the run's dtypes (`model_dtypes`), remat policy and attention;
+    each tensor lands on `shardings(name, shape)` while loading. With quant.method != "none"
+    the targeted kernels are quantized while reading (`quant.load_quantized`)."""
+    dtype, compute = model_dtypes(config)
+    common = dict(
+        dtype=dtype,
         shardings=shardings,
         compute_dtype=compute,
         remat=config.train.remat,
-        attention_impl=m.attention_impl,
+        attention_impl=config.model.attention_impl,
     )
+    if config.quant.method != "none":
+        quant = _quant_module(config)
+        q = config.quant
+        return quant.load_quantized(
+            model_path(config),
+            targets=_targets(q.targets),
+            method=q.method,
+            block_size=q.block_size,
+            double_quant=q.double_quant,
+            **common,
+        )
+    from jaxtune import models
+
+    path = model_path(config)
+    return models.load(path, common.pop("dtype"), **common)
 
 
 def load_tokenizer(config: ml_collections.ConfigDict) -> Any:
@@ -137,17 +162,23 @@ def _targets(text: str) -> Any:
     return text
 
 
-def quantize(config: ml_collections.ConfigDict, params: Any) -> Any:
-    q = config.quant
-    if q.method == "none":
-        return params
+def _quant_module(config: ml_collections.ConfigDict) -> Any:
     try:
         from jaxtune import quant
     except ImportError:
         raise UserError(
-            f"quant.method={q.method!r} needs jaxtune.quant, which is not installed here."
+            f"quant.method={config.quant.method!r} needs jaxtune.quant, which is not installed."
         ) from None
-    return quant.quantize(
+    return quant
+
+
+def quantize(config: ml_collections.ConfigDict, params: Any) -> Any:
+    """Quantize loaded float params as the config says (what `load_model` does while reading;
+    kept for callers that already hold float params)."""
+    q = config.quant
+    if q.method == "none":
+        return params
+    return _quant_module(config).quantize(
         params,
         targets=_targets(q.targets),
         method=q.method,
@@ -266,7 +297,6 @@ def build_run(config: ml_collections.ConfigDict, *, quiet: bool = False) -> Run:
     stage = make_stage(config)
     model, params = load_model(config, sharding.sharding_fn(mesh, rules))
     rng = jax.random.PRNGKey(config.seed)
-    params = quantize(config, params)
     params = apply_peft(config, params, jax.random.fold_in(rng, 1))
     params = stage.init_params(model, params, jax.random.fold_in(rng, 2))
     if config.peft.method != "none" and not quiet and jax.process_index() == 0:

@@ -4,10 +4,9 @@
     check_keys(config)                 # unknown keys -> UserError naming the nearest known key
 
 Sections: top level (stage, seed, output_dir), model, data, peft, quant, optim, train, sharding,
-log,
-plus one section per stage that declares one (`CONFIG_SECTION` + `default_config()` in its module
-in jaxtune/train/stages/). The data, optim and sharding sections are those packages' own
-`default_config()`.
+distributed, log, plus one section per stage that declares one (`CONFIG_SECTION` +
+`default_config()` in its module in jaxtune/train/stages/). The data, optim, sharding and
+distributed sections are those packages' own `default_config()`.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import ml_collections
 
 from jaxtune import data, optim, sharding
 from jaxtune.errors import UserError
+from jaxtune.sharding import distributed
 
 PEFT_METHODS = ("none", "freeze", "lora", "dora", "adapter")
 QUANT_METHODS = ("none", "nf4", "fp4", "int8")
@@ -64,7 +64,8 @@ def quant_config() -> ml_collections.ConfigDict:
             method="none",  # none | nf4 | fp4 | int8: the frozen base weights (QLoRA)
             targets="all-linear",
             block_size=64,
-            double_quant=True,  # 8-bit absmax constants in blocks of 256 (QLoRA)
+            double_quant=None,  # None = on for nf4/fp4 (8-bit absmax constants in blocks of
+            # 256, as QLoRA), off for int8 (which keeps fp32 scales); True/False to force
         )
     )
 
@@ -126,6 +127,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Mesh (data, fsdp, tensor) sizes (-1 = the remaining devices) and the layout topology:
     # dp | fsdp | fsdp_tp (see jaxtune.sharding).
     config.sharding = sharding.default_config()
+    # Multi-host: how this process joins the others (jaxtune.sharding.distributed); one
+    # process needs nothing.
+    config.distributed = distributed.default_config()
     config.log = log_config()
     for section, defaults in stage_sections().items():
         config[section] = defaults
@@ -194,13 +198,29 @@ def check_values(config: Any) -> None:
             f"config.train.batch_size={t.batch_size} does not split into "
             f"train.grad_accum={t.grad_accum} micro-batches; make it a multiple."
         )
-    if int(config.optim.get("grad_accum_steps", 1)) != 1:
-        raise UserError(
-            "config.optim.grad_accum_steps must stay 1 in the train loop: set "
-            "train.grad_accum instead (micro-batches inside one step)."
-        )
+    check_accumulation(int(config.optim.get("grad_accum_steps", 1)), int(t.grad_accum))
     if config.quant.method != "none" and config.peft.method not in ("lora", "dora", "adapter"):
         raise UserError(
             f"config.quant.method={config.quant.method!r} quantizes frozen base weights: it "
             "needs peft.method lora, dora or adapter (QLoRA)."
         )
+
+
+def check_accumulation(optim_steps: int, train_micro: int) -> None:
+    """One way of accumulating gradients: train.grad_accum (micro-batches inside one jitted
+    step, divided by the tokens of all of them). optim.grad_accum_steps (optax.MultiSteps across
+    steps) would make every train step a fraction of an update and the schedule count wrong."""
+    if optim_steps == 1:
+        return
+    if optim_steps > 1 and train_micro > 1:
+        raise UserError(
+            f"config.optim.grad_accum_steps={optim_steps} and config.train.grad_accum="
+            f"{train_micro} are two ways of accumulating gradients; use one: set "
+            f"train.grad_accum (micro-batches inside one step, exact token-weighted mean) and "
+            "optim.grad_accum_steps=1."
+        )
+    raise UserError(
+        f"config.optim.grad_accum_steps={optim_steps}: the train loop accumulates with "
+        f"train.grad_accum instead (micro-batches inside one step); set "
+        f"train.grad_accum={max(optim_steps, 1)} and optim.grad_accum_steps=1."
+    )
