@@ -14,6 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from jaxtune.train import stages
 from tests.tiny_models import SMALL
 from tests.train_support import ROOT, small_tokenizer
 
@@ -22,7 +23,12 @@ NOTEBOOKS = sorted(p.name for p in COLAB.glob("*.ipynb"))
 STEPS = {  # optimizer steps per notebook on the tiny model (enough to move its metric clearly)
     "01_lora_sft.ipynb": 40,
     "02_qlora.ipynb": 40,
+    "03_dpo.ipynb": 30,
     "05_transforms_in_your_flax_model.ipynb": 60,
+}
+NEEDS = {  # notebooks whose stages may not be on this branch yet
+    "03_dpo.ipynb": ("dpo",),
+    "04_instructgpt.ipynb": ("rm", "ppo"),
 }
 CELL_TIMEOUT = 300
 
@@ -67,6 +73,9 @@ def has_image(nb: nbformat.NotebookNode) -> bool:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_and_its_claim_holds(name, tiny_model, tmp_path, monkeypatch):
+    missing = [s for s in NEEDS.get(name, ()) if s not in stages.available()]
+    if missing:
+        pytest.skip(f"{name} needs the stages {missing}, which are not in jaxtune/train/stages")
     nb = nbformat.read(COLAB / name, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].source.lstrip().startswith("# On Colab"), "first cell: the install hint"
