@@ -1,5 +1,11 @@
 """`save(dir, model, params)`: config.json + safetensors that transformers loads to the same
-logits."""
+logits.
+
+With `score_head` (a reward model's {"kernel": [D, 1]}) the checkpoint is a transformers
+`<Family>ForSequenceClassification` with num_labels=1 instead: the backbone, `score.weight`
+[1, D] (the kernel transposed), no LM head, and `pad_token_id` set (transformers scores the last
+token that is not padding). `AutoModelForSequenceClassification` and trl load it.
+"""
 
 from __future__ import annotations
 
@@ -32,11 +38,13 @@ def save(
     *,
     dtype: Any = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    score_head: dict[str, Any] | None = None,
 ) -> Path:
     """Write an HF checkpoint. Params must be plain arrays: merge adapters / dequantize first.
 
     dtype: the stored dtype (None keeps the params' own). Above `max_shard_bytes` the weights
     are split into model-0000i-of-0000n.safetensors with an index, as transformers does.
+    score_head: write a sequence classifier (reward model) with this head; see the module doc.
     """
     directory = Path(directory)
     leaves = _check_params(model, params)
@@ -45,9 +53,15 @@ def save(
     family = family_for(cfg.hf_config.get("model_type", cfg.family))
     target = None if dtype is None else jnp.dtype(dtype)
 
+    state = to_hf_state(family, params, cfg.num_layers)
+    architecture, updates = family.architecture, {}
+    if score_head is not None:
+        state = _classifier_state(state, score_head)
+        architecture = classifier_architecture(family.architecture)
+        updates = classifier_config(cfg, tokenizer)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
-    for name, arr in to_hf_state(family, params, cfg.num_layers):
+    for name, arr in state:
         if target is not None:
             arr = arr.astype(target)
         if size and size + arr.nbytes > max_shard_bytes:
@@ -57,7 +71,7 @@ def save(
         size += arr.nbytes
     stored = jnp.dtype(target or leaves[0].dtype)
     _write_shards(directory, shards)
-    _write_config(directory, cfg, family.architecture, stored)
+    _write_config(directory, cfg, architecture, stored, updates)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
@@ -120,8 +134,53 @@ def _write_shards(directory: Path, shards: list[dict[str, np.ndarray]]) -> None:
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def _write_config(directory: Path, cfg: ModelConfig, architecture: str, dtype: np.dtype) -> None:
+def _classifier_state(state, head: dict[str, Any]):
+    """The backbone's tensors without the LM head, then `score.weight` [num_labels, D]."""
+    if "bias" in head:
+        raise CheckpointError(
+            "a sequence-classification checkpoint's score layer has no bias (transformers' "
+            "*ForSequenceClassification); train the reward head without one"
+        )
+    for name, arr in state:
+        if name != "lm_head.weight":
+            yield name, arr
+    kernel = np.asarray(jax.device_get(head["kernel"]))
+    yield "score.weight", np.ascontiguousarray(kernel.T)
+
+
+def classifier_architecture(causal_lm: str) -> str:
+    """LlamaForCausalLM -> LlamaForSequenceClassification (GPT2LMHeadModel -> GPT2For...)."""
+    for suffix in ("ForCausalLM", "LMHeadModel"):
+        if causal_lm.endswith(suffix):
+            return causal_lm[: -len(suffix)] + "ForSequenceClassification"
+    raise CheckpointError(f"{causal_lm}: no sequence-classification class is known for it")
+
+
+def classifier_config(cfg: ModelConfig, tokenizer: Any = None) -> dict[str, Any]:
+    """config.json keys of a one-label classifier: num_labels 1 (id2label) and pad_token_id (the
+    tokenizer's pad token, else the model's, else its eos token)."""
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    if pad is None:
+        pad = cfg.pad_token_id
+    if pad is None:
+        pad = cfg.eos_token_ids[0] if cfg.eos_token_ids else None
+    if pad is None:
+        raise CheckpointError(
+            "a reward model export needs a pad token id (transformers scores the last token "
+            "that is not padding): give the tokenizer a pad token"
+        )
+    return {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "pad_token_id": int(pad)}
+
+
+def _write_config(
+    directory: Path,
+    cfg: ModelConfig,
+    architecture: str,
+    dtype: np.dtype,
+    updates: dict[str, Any] | None = None,
+) -> None:
     hf = dict(cfg.hf_config)
+    hf.update(updates or {})
     hf["architectures"] = [architecture]
     hf.setdefault("model_type", cfg.family)
     hf["torch_dtype"] = hf["dtype"] = str(np.dtype(dtype).name)
