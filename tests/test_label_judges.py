@@ -106,3 +106,21 @@ def test_llm_judge_garbage_answers_are_counted_and_the_command_fails_clearly(tmp
     err = capsys.readouterr().err
     assert status == 2
     assert "labelled 0 of 2 rows (skipped: 2 unparseable)" in err
+
+
+def test_label_recipe_gives_the_flags_and_the_command_line_wins(tmp_path):
+    src = tmp_path / "candidates.jsonl"
+    rows = [dict(r, chosen="given", rejected="given too") for r in ROWS[:2]]  # not copied over
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(
+        "def get_config():\n"
+        f"    return dict(input={str(src)!r}, output='unused.jsonl', judge='rule',\n"
+        "                rule='exact_match')\n"
+    )
+    out = tmp_path / "prefs.jsonl"
+    assert main(["label", f"--config={recipe}", "--output", str(out)]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["chosen"], r["rejected"]) for r in got] == [("5", "6"), ("8", "It is 7")]
+    recipe.write_text("def get_config():\n    return dict(judje='rule')\n")
+    assert main(["label", f"--config={recipe}"]) == 2  # unknown key: a user error

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 Row = dict[str, Any]
+RESERVED = ("prompt", "responses", "chosen", "rejected")  # not copied from the input row
 
 
 @dataclasses.dataclass
@@ -32,13 +33,13 @@ class Counts:
 
 
 def _pair(row: Row, chosen: str, rejected: str) -> Row:
-    extra = {k: v for k, v in row.items() if k not in ("prompt", "responses")}
+    extra = {k: v for k, v in row.items() if k not in RESERVED}
     return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, **extra}
 
 
 def _columns(rows: Sequence[Row], n: Sequence[int]) -> dict[str, list]:
     """Per-response copies of the rows' extra fields (e.g. `answer`) for rule judges."""
-    keys = set.intersection(*(set(r) for r in rows)) - {"prompt", "responses"} if rows else set()
+    keys = set.intersection(*(set(r) for r in rows)) - set(RESERVED) if rows else set()
     return {k: [r[k] for r, m in zip(rows, n, strict=True) for _ in range(m)] for k in keys}
 
 
