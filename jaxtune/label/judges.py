@@ -107,24 +107,17 @@ class RewardModelJudge:
         self, prompts: Sequence[str], responses: Sequence[str], columns: dict[str, list]
     ) -> list[float | None]:
         from jaxtune import models
-        from jaxtune.errors import UserError
         from jaxtune.generate.prompts import left_pad
-        from jaxtune.rl.rewards import _score
+        from jaxtune.rl.rewards import reward_tokenizer
 
-        loader = getattr(models, "load_reward_model", None)
-        if loader is None:
-            raise UserError(
-                f"--judge-model {self.path}: reward-model judging needs "
-                "jaxtune.models.load_reward_model, which this installation does not have."
-            )
-        model, params, head = loader(self.path)
-        tokenizer = models.load_tokenizer(self.path)
+        model, params, head = models.load_reward_model(self.path)
+        tokenizer = reward_tokenizer(self.path, "--judge-model")
         ids = [chat_ids(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
         out: list[float | None] = []
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         for i in range(0, len(ids), self.batch_size):
             batch, mask = left_pad(ids[i : i + self.batch_size], pad)
-            out += [float(s) for s in np.asarray(_score(model, params, head, batch, mask))]
+            out += [float(s) for s in np.asarray(models.score(model, params, head, batch, mask))]
         return out
 
 

@@ -8,14 +8,14 @@ Reward functions follow trl's convention: `fn(completions, prompts=..., completi
 (from jaxtune.losses.verifiable): `exact_match` (the extracted final answer equals `answer`) and
 `format` (<think>...</think><answer>...</answer>). Anything else is a dotted path
 `package.module.function` (or `package.module:function`). Several are comma-separated and
-summed with `reward_weights`. A reward model (jaxtune.models.load_reward_model) scores the
-prompt + response tokens; it must share the policy's tokenizer.
+summed with `reward_weights`. A reward model (jaxtune.models.load_reward_model: an exported
+sequence classifier or a `rm` run directory) scores the prompt + response tokens; it must share
+the policy's tokenizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,14 +97,8 @@ class RewardModelScorer:
     def load(cls, path: str, policy_tokenizer: Any, where: str) -> RewardModelScorer:
         from jaxtune import models
 
-        loader = getattr(models, "load_reward_model", None)
-        if loader is None:
-            raise UserError(
-                f"{where}={path!r} needs jaxtune.models.load_reward_model, which this "
-                "installation does not have; use a reward function instead."
-            )
-        model, params, head = loader(path)
-        check_same_tokenizer(models.load_tokenizer(path), policy_tokenizer, path)
+        check_same_tokenizer(reward_tokenizer(path, where), policy_tokenizer, path)
+        model, params, head = models.load_reward_model(path)
         return cls(model, params, head, path)
 
     def __call__(self, rollout: Rollout) -> np.ndarray:
@@ -115,16 +109,38 @@ class RewardModelScorer:
                 f"reward model {self.path}: token id {top} is outside its vocabulary of "
                 f"{self.model.config.vocab_size}; use a reward model with the policy's tokenizer."
             )
-        scores = _score(self.model, self.params, self.head, seq["input_ids"], seq["segment_ids"])
+        from jaxtune.models import score
+
+        scores = score(self.model, self.params, self.head, seq)
         return np.asarray(jax.device_get(scores), np.float32)
 
 
-@functools.partial(jax.jit, static_argnames="model")
-def _score(model: Any, params: Any, head: Any, ids: jax.Array, segment_ids: jax.Array):
-    from jaxtune.losses.reward import sequence_reward
+def reward_tokenizer(path: str, where: str) -> Any:
+    """The tokenizer of a reward model: of its checkpoint, or of the model a `rm` run trained
+    (model.tokenizer or model.path of the run's config.json)."""
+    import json
+    from pathlib import Path
 
-    hidden, _ = model.hidden_states(params, ids, attention_mask=segment_ids > 0)
-    return sequence_reward(head, hidden, segment_ids > 0)
+    from jaxtune import models
+
+    location = Path(path)
+    if not location.exists():
+        raise UserError(f"{where}={path!r}: no such directory.")
+    if (location / "tokenizer_config.json").exists() or (location / "tokenizer.json").exists():
+        return models.load_tokenizer(path)
+    for directory in (location, *location.parents[:3]):
+        config = directory / "config.json"
+        if config.is_file():
+            data = json.loads(config.read_text())
+            if "model" in data and "stage" in data:  # a jaxtune run's config
+                m = data["model"]
+                source = m.get("tokenizer") or m.get("path")
+                if not source:
+                    from jaxtune.hub.smollm2 import smollm2_path
+
+                    source = str(smollm2_path())
+                return models.load_tokenizer(source)
+    return models.load_tokenizer(path)
 
 
 def check_same_tokenizer(rm_tokenizer: Any, policy_tokenizer: Any, path: str) -> None:
