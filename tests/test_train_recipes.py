@@ -22,6 +22,9 @@ NEEDS = {  # recipes that need a package that may not be installed yet
     "sft_badam": "jaxtune.optim",
 }
 STEPS = 24
+# How far the mean loss must fall (first 3 steps vs last 3). A pairwise reward loss starts at
+# log 2 = 0.69 and falls toward 0 by less than LM losses do in as many steps.
+MIN_DROP = {"rm": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -71,5 +74,6 @@ def test_recipe_learns(recipe, tiny_dir, tmp_path):
     losses = np.array([result.losses[s] for s in range(1, STEPS + 1)])
     first, last = losses[:3].mean(), losses[-3:].mean()
     assert np.isfinite(losses).all()
-    assert last < first - 0.5, f"{recipe}: loss {first:.3f} -> {last:.3f}"
+    drop = MIN_DROP.get(config.stage, 0.5)
+    assert last < first - drop, f"{recipe}: loss {first:.3f} -> {last:.3f}"
     assert Path(config.output_dir, "checkpoints", str(STEPS)).is_dir()

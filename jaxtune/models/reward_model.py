@@ -67,6 +67,7 @@ def load_reward_model(
     *,
     compute_dtype: Any = None,
     shardings: ShardingFn | None = None,
+    remat: str = "none",
     attention_impl: str = "reference",
     revision: str | None = None,
 ) -> tuple[CausalLM, Params, Head]:
@@ -111,7 +112,7 @@ def load_reward_model(
         config = config.replace(tie_embeddings=True)
     if config.pad_token_id is None and hf_config.get("pad_token_id") is not None:
         config = config.replace(pad_token_id=int(hf_config["pad_token_id"]))
-    model = CausalLM(config, compute_dtype, "none", attention_impl)
+    model = CausalLM(config, compute_dtype, remat, attention_impl)
     backbone = _Without(tensors, {SCORE_TENSOR, "lm_head.weight"})
     params = params_from_tensors(backbone, family, config, dtype, shardings, source=str(location))
     return model, params, {"kernel": jnp.asarray(weight.T)}

@@ -26,6 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxtune.errors import UserError
+from jaxtune.models.reward_model import HEAD_KEY, is_reward_checkpoint, load_reward_model
 from jaxtune.train import shardings as sh
 from jaxtune.train.stages import Stage, make_stage
 
@@ -97,7 +98,8 @@ def load_model(
 ) -> tuple[Any, Any]:
     """(model, params) with the run's dtypes (`model_dtypes`), remat policy and attention;
     each tensor lands on `shardings(name, shape)` while loading. With quant.method != "none"
-    the targeted kernels are quantized while reading (`quant.load_quantized`)."""
+    the targeted kernels are quantized while reading (`quant.load_quantized`). A reward model
+    (`*ForSequenceClassification`) loads with its head at params["score"]."""
     dtype, compute = model_dtypes(config)
     common = dict(
         dtype=dtype,
@@ -106,6 +108,9 @@ def load_model(
         remat=config.train.remat,
         attention_impl=config.model.attention_impl,
     )
+    if is_reward_checkpoint(model_path(config)):  # a reward model: keep its head
+        model, params, head = load_reward_model(model_path(config), **common)
+        return model, {**quantize(config, params), HEAD_KEY: head}
     if config.quant.method != "none":
         quant = _quant_module(config)
         q = config.quant
@@ -296,9 +301,12 @@ def build_run(config: ml_collections.ConfigDict, *, quiet: bool = False) -> Run:
     sh.check_batch_size(config.train.batch_size, config.train.grad_accum, mesh, rules)
     stage = make_stage(config)
     model, params = load_model(config, sharding.sharding_fn(mesh, rules))
+    loaded_head = params.pop(HEAD_KEY, None)  # a reward model's head (stages with set_head)
     rng = jax.random.PRNGKey(config.seed)
     params = apply_peft(config, params, jax.random.fold_in(rng, 1))
     params = stage.init_params(model, params, jax.random.fold_in(rng, 2))
+    if loaded_head is not None and hasattr(stage, "set_head"):
+        params = stage.set_head(params, loaded_head)
     if config.peft.method != "none" and not quiet and jax.process_index() == 0:
         from jaxtune import peft
 
