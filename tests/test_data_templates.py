@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 
 from jaxtune.data import BUILTIN, DataError, TemplateBreaksPrefix, resolve_template
@@ -10,6 +13,36 @@ from jaxtune.data.formats import Chat
 from jaxtune.data.masks import learned_tokens, shift_targets
 from jaxtune.data.tokenize import tokenize_records
 from tests.test_data_tokenizers import read_set, sentencepiece_like, smollm2, with_tokens
+
+OFFICIAL_DIR = Path(__file__).parent / "data" / "chat_templates"
+# The `chat_template` strings of the models' own tokenizer_config.json, vendored verbatim (the hub
+# is out of reach here); where they were read:
+OFFICIAL = {
+    # teknium/OpenHermes-2.5-Mistral-7B (plain ChatML): quoted in ggml-org/llama.cpp
+    # tests/test-chat-template.cpp and in mistral.rs' test_chat_templates
+    "chatml": "openhermes-2.5-mistral-7b",
+    # Qwen/Qwen2.5-*-Instruct: chujiezheng/chat_templates chat_templates/qwen2.5-instruct.jinja,
+    # and a Rust crate's test constant copied from the model's tokenizer_config.json
+    "qwen": "qwen2.5-instruct",
+    # Qwen/Qwen2-*-Instruct: the ChatML template with "You are a helpful assistant." that public
+    # code vendors as Qwen2's (found through the code search; no repository name to cite)
+    "qwen2": "qwen2-instruct",
+    # meta-llama/Meta-Llama-3-{8B,70B}-Instruct, tokenizer_config.json at revision a5a71a75 (as
+    # quoted by GoogleCloudPlatform vertex-ai-samples' PEFT template docs); llama.cpp's test has
+    # the first revision, which lacks the add_generation_prompt guard
+    "llama3": "meta-llama-3-instruct",
+    # mistralai/Mistral-7B-Instruct-v0.2 (and v0.1 since mid 2024), mistralai's "v1" template
+    # with a system prompt: ggml-org/llama.cpp tests/test-chat-template.cpp
+    "mistral": "mistral-7b-instruct-v0.2",
+    # google/gemma-3-*-it: quoted in ShishirPatil/gorilla (BFCL) gemma handler; text parts only
+    "gemma": "gemma-3-it",
+}
+# google/gemma-7b-it and gemma-2-*-it (both refuse a system turn): mistral.rs' test_chat_templates
+GEMMA_1_2 = "gemma-7b-it"
+
+
+def official(name: str) -> str:
+    return (OFFICIAL_DIR / f"{name}.jinja").read_text()
 
 
 def conversations() -> list[list[dict]]:
@@ -26,8 +59,9 @@ def conversations() -> list[list[dict]]:
     return [*chats, *pirate, edge]
 
 
-def tokenizer_for(template: str):
-    if template in ("chatml", "qwen", "alpaca", "plain", None):
+def tokenizer_for(template: str | None):
+    """A tokenizer with the special tokens a model using `template` has."""
+    if template in ("chatml", "qwen", "qwen2", "alpaca", "plain", None):
         return smollm2()
     if template == "llama3":
         return with_tokens(
@@ -36,7 +70,14 @@ def tokenizer_for(template: str):
             eos="<|eot_id|>",
             extra=["<|start_header_id|>", "<|end_header_id|>"],
         )
-    return sentencepiece_like()  # mistral, gemma: SentencePiece-style models
+    if template == "gemma":
+        return gemma_tokenizer()
+    return sentencepiece_like()  # mistral: a SentencePiece-style model with <s> and </s>
+
+
+@functools.cache
+def gemma_tokenizer():
+    return with_tokens(sentencepiece_like(), bos="<bos>", eos="<eos>")
 
 
 def encode(tok, template, messages):
@@ -50,23 +91,41 @@ def encode(tok, template, messages):
 
 @pytest.mark.parametrize("template", [None, *sorted(set(BUILTIN) - {"chatml_qwen"})])
 def test_token_ids_equal_apply_chat_template(template):
+    """Ids equal transformers' rendering of the model's official template (SmolLM2's own for None;
+    alpaca and plain have no model behind them and are checked against themselves)."""
     tok = tokenizer_for(template)
-    source = tok.chat_template if template is None else BUILTIN[template]
+    if template is None:
+        source = tok.chat_template
+    else:
+        source = official(OFFICIAL[template]) if template in OFFICIAL else BUILTIN[template]
+    ours_template = resolve_template(tok, template)
     for messages in conversations():
         ours = encode(tok, template, messages)
         ref = tok.apply_chat_template(messages, chat_template=source)["input_ids"]
         assert ours.ids.tolist() == ref
         # every span starts after the generation header and ends on the turn's EOS
-        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         assert len(ours.spans) == len(answers)
-        for (start, end), answer in zip(ours.spans, answers, strict=True):
-            assert answer.strip()[:3] in tok.decode(ours.ids[start:end])
-            ref_prompt = tok.apply_chat_template(
-                messages[: messages.index(next(m for m in messages if m["content"] == answer))],
-                chat_template=source,
-                add_generation_prompt=True,
-            )["input_ids"]
-            assert len(ref_prompt) <= start
+        for (start, end), turn in zip(ours.spans, answers, strict=True):
+            assert messages[turn]["content"].strip()[:3] in tok.decode(ours.ids[start:end])
+            # the prompt a generation starts from is the official one too
+            prompt = tok.apply_chat_template(
+                messages[:turn], chat_template=source, add_generation_prompt=True, tokenize=False
+            )
+            assert ours_template.render(messages[:turn], add_generation_prompt=True) == prompt
+            assert len(tok(prompt, add_special_tokens=False)["input_ids"]) <= start
+
+
+def test_gemma_equals_gemma_1_and_2_without_system_turns():
+    """Gemma 1/2 templates refuse a system turn; without one they render as Gemma 3's."""
+    tok, source = tokenizer_for("gemma"), official(GEMMA_1_2)
+    chats = [m for m in conversations() if m[0]["role"] != "system"]
+    assert len(chats) > 10
+    for messages in chats:
+        ref = tok.apply_chat_template(messages, chat_template=source)["input_ids"]
+        assert encode(tok, "gemma", messages).ids.tolist() == ref
+    with pytest.raises(Exception, match="System role not supported"):
+        tok.apply_chat_template(MULTI_TURN, chat_template=source)
 
 
 GENERATION_TAGGED = {

@@ -2,12 +2,18 @@
 
 Templates render in jinja's immutable sandbox with the globals transformers gives them
 (raise_exception, strftime_now, tojson, namespace, loop controls), so a template renders here
-exactly as `tokenizer.apply_chat_template` renders it. Built-ins are jinja strings too:
+exactly as `tokenizer.apply_chat_template` renders it. Built-ins are jinja strings too, each
+rendering what the named model's own template renders for text chats (tests compare token ids
+with the official templates, vendored under tests/data/chat_templates):
 
+    chatml   <|im_start|>user\\n...<|im_end|>\\n          (OpenHermes-2.5 ChatML, no default system)
+    qwen     chatml + "You are Qwen, created by Alibaba Cloud..."   (Qwen2.5-Instruct)
+    qwen2    chatml + "You are a helpful assistant."                (Qwen2-Instruct)
     llama3   <|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n...<|eot_id|>
-    chatml   <|im_start|>user\\n...<|im_end|>\\n          (qwen: chatml + Qwen's default system)
-    mistral  <s>[INST] ... [/INST] answer</s>               (roles must alternate)
-    gemma    <bos><start_of_turn>user\\n...<end_of_turn>\\n  (system joins the first user turn)
+             (Meta-Llama-3-Instruct; 3.1+ templates add a dated system block)
+    mistral  <s> [INST] ... [/INST] answer</s>              (Mistral-7B-Instruct v0.1/v0.2)
+    gemma    <bos><start_of_turn>user\\n...<end_of_turn>\\n  (Gemma 3; system joins turn one,
+             which Gemma 1/2 templates refuse)
     alpaca   ### Instruction: / ### Response:             (for base models)
     plain    prompt\\n answer<eos>                          (for base models)
 """
@@ -34,7 +40,22 @@ BUILTIN: dict[str, str] = {
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     ),
-    "qwen": (
+    "qwen": (  # Qwen2.5-Instruct: its own default system; tool results as user turns
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
+        "{% else %}{% set system = 'You are Qwen, created by Alibaba Cloud. "
+        "You are a helpful assistant.' %}{% set loop_messages = messages %}{% endif %}"
+        "{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}"
+        "{% for message in loop_messages %}"
+        "{% if message['role'] == 'tool' %}"
+        "{{ '<|im_start|>user\\n<tool_response>\\n' + message['content']"
+        " + '\\n</tool_response><|im_end|>\\n' }}"
+        "{% else %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    ),
+    "qwen2": (  # Qwen2-Instruct: ChatML with a generic default system
         "{% for message in messages %}"
         "{% if loop.first and messages[0]['role'] != 'system' %}"
         "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
@@ -51,21 +72,24 @@ BUILTIN: dict[str, str] = {
         "{% if add_generation_prompt %}"
         "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
     ),
-    "mistral": (
+    "mistral": (  # Mistral-7B-Instruct v0.1/v0.2 (the "v1" tokenizer), system in turn one
         "{% if messages[0]['role'] == 'system' %}"
         "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
-        "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}"
+        "{% else %}{% set loop_messages = messages %}{% endif %}"
         "{{ bos_token }}"
         "{% for message in loop_messages %}"
         "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-        "{{ raise_exception('Conversation roles must alternate "
-        "user/assistant/user/assistant/...') }}"
+        "{{ raise_exception('After an optional system message, conversation roles must "
+        "alternate user/assistant/user/assistant/...') }}"
         "{% endif %}"
         "{% if message['role'] == 'user' %}"
-        "{% if loop.first and system_message != '' %}"
-        "{{ '[INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}"
-        "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-        "{% else %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+        "{% if loop.first and system_message is defined %}"
+        "{{ ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' [INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+        "{% else %}{{ raise_exception('Mistral templates take user and assistant turns "
+        "after an optional system message, not ' + message['role']) }}"
+        "{% endif %}"
         "{% endfor %}"
     ),
     "gemma": (
