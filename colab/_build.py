@@ -430,6 +430,183 @@ assert end["eval_loss"] < start["eval_loss"]""",
     ),
 ]
 
+# ----------------------------------------------------------------------------- 04 InstructGPT
+INSTRUCTGPT: list[Cell] = [
+    (
+        "md",
+        """\
+# The InstructGPT pipeline: SFT → reward model → PPO
+
+Ouyang et al. (2022) in three runs of the same `jaxtune.train.train`, each a `config.stage`:
+
+1. **SFT** (`sft`): LoRA on demonstrations, merged into a new checkpoint. Here the
+   demonstrations are of mixed quality on purpose: for about half of the prompts of the shipped
+   `preference` set the demonstrated answer is a curt refusal ("I don't know."), so the SFT
+   model learns to refuse often;
+2. **reward model** (`rm`): the SFT model with a scalar head on its last token, trained on the
+   preference pairs (helpful answer vs refusal) with the Bradley-Terry loss, 12 pairs held out;
+   exported as a `*ForSequenceClassification` checkpoint;
+3. **PPO** (`ppo`): the SFT model samples answers, the reward model scores them, and clipped
+   PPO with a value head and a KL penalty to the SFT model (its LoRA adapters switched off)
+   raises the score: the policy stops refusing.""",
+    ),
+    ("code", INSTALL),
+    ("code", settings(30, "per stage (PPO: optimizer steps)", "runs/colab_instructgpt")),
+    (
+        "code",
+        """\
+import json
+import random
+from pathlib import Path
+
+from jaxtune import notebook
+from jaxtune.data import set_path
+from jaxtune.train import default_config, train
+from jaxtune.train.export import export_merged
+
+pairs = [json.loads(r) for r in Path(set_path("preference")).read_text().splitlines()]
+REFUSALS = {p["rejected"][0]["content"] for p in pairs}  # eight curt refusals
+rng = random.Random(0)
+demos = [  # mixed-quality demonstrations: the chosen or the rejected answer, 50/50
+    {"messages": p["prompt"] + (p["chosen"] if rng.random() < 0.5 else p["rejected"])}
+    for p in pairs[:48]
+]
+
+
+def write_jsonl(name, rows):
+    path = Path(OUTPUT_DIR) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\\n" for r in rows))
+    return str(path)
+
+
+demos_file = write_jsonl("demos.jsonl", demos)
+pairs_train = write_jsonl("pairs_train.jsonl", pairs[:48])
+pairs_heldout = write_jsonl("pairs_heldout.jsonl", pairs[48:])
+prompts = [p["prompt"][0]["content"] for p in pairs]
+prompts_file = write_jsonl("prompts.jsonl", [{"prompt": q} for q in prompts[:48]])
+print(f"{sum(d['messages'][-1]['content'] in REFUSALS for d in demos)} of 48 demos refuse")
+
+
+def base_config(stage, model, name):
+    \"\"\"What the three runs share: LoRA rank 16 on every linear layer, small batches.\"\"\"
+    config = default_config()
+    config.stage = stage
+    config.model.path = model
+    config.output_dir = f"{OUTPUT_DIR}/{name}"
+    config.peft.method = "lora"
+    config.peft.rank = 16
+    config.peft.alpha = 32.0
+    config.optim.warmup_steps = 2
+    config.train.steps = STEPS
+    config.train.batch_size = 8
+    config.train.seq_len = 256
+    config.train.log_every = 1
+    return config
+
+
+def export(result, name):
+    run = result.run
+    params = run.combine(result.state.params, run.frozen)
+    return str(export_merged(run, params, f"{OUTPUT_DIR}/{name}"))""",
+    ),
+    ("md", "## 1. SFT on the demonstrations"),
+    (
+        "code",
+        """\
+sft = base_config("sft", MODEL, "sft")
+sft.data.train = demos_file
+sft.data.packing = True
+sft.optim.lr = 2e-3
+sft_result = train(sft)
+sft_model = export(sft_result, "sft_merged")
+notebook.plot_metrics(sft.output_dir, ["loss"], title="SFT")""",
+    ),
+    (
+        "md",
+        """\
+## 2. Reward model on the preference pairs
+
+The scalar head starts random, so the held-out accuracy starts near chance.""",
+    ),
+    (
+        "code",
+        """\
+rm = base_config("rm", sft_model, "rm")
+rm.data.train = pairs_train
+rm.data.eval = pairs_heldout
+rm.optim.lr = 2e-3
+rm.train.batch_size = 4  # pairs per step
+rm.train.eval_at_start = True
+rm.train.eval_every = max(STEPS // 3, 1)
+rm_result = train(rm)
+reward_model = export(rm_result, "rm_merged")  # LlamaForSequenceClassification, 1 label
+notebook.plot_metrics(rm.output_dir, ["loss", "eval_accuracy"], title="reward model")""",
+    ),
+    (
+        "md",
+        """\
+## 3. PPO against the reward model
+
+Each rollout samples one answer per prompt (`ppo.max_new_tokens` at most), scores it with
+the reward model, and takes `ppo_epochs × num_minibatches` optimizer steps (`train.steps`
+counts those steps).""",
+    ),
+    (
+        "code",
+        """\
+ppo = base_config("ppo", sft_model, "ppo")
+ppo.data.train = prompts_file
+ppo.data.truncation = "truncate"
+ppo.train.seq_len = 64  # prompt tokens (left-padded)
+ppo.train.batch_size = 16  # prompts per rollout
+ppo.ppo.reward_model = reward_model
+ppo.ppo.max_new_tokens = 24
+ppo.ppo.ppo_epochs = 2
+ppo.ppo.kl_coef = 0.05
+ppo.optim.lr = 5e-4
+ppo_result = train(ppo)
+notebook.plot_metrics(ppo.output_dir, ["reward_mean", "kl", "response_length"], title="PPO")""",
+    ),
+    (
+        "md",
+        "## Before and after PPO: greedy answers to the 12 held-out prompts",
+    ),
+    (
+        "code",
+        """\
+from jaxtune.generate import generate_text
+
+run = ppo_result.run
+sft_policy = run.combine(run.trainable, run.frozen)  # LoRA B = 0: the SFT model
+ppo_policy = run.combine(ppo_result.state.params, run.frozen)
+heldout = prompts[48:]
+before = generate_text(run.model, sft_policy, run.tokenizer, heldout, max_new_tokens=24)
+after = generate_text(run.model, ppo_policy, run.tokenizer, heldout, max_new_tokens=24)
+for q, b, a in list(zip(heldout, before, after, strict=True))[:4]:
+    print(f"Q: {q}\\n  SFT: {b}\\n  PPO: {a}\\n")
+refusals = lambda answers: sum(a.strip() in REFUSALS for a in answers)
+print(f"refusals: SFT {refusals(before)}/12, PPO {refusals(after)}/12")
+policy_model = export(ppo_result, "ppo_merged")  # the value head is dropped""",
+    ),
+    (
+        "md",
+        "## What this notebook claims: the RM ranks held-out pairs, and PPO raised its reward",
+    ),
+    (
+        "code",
+        """\
+rm_accuracy = rm_result.evals[STEPS]["eval_accuracy"]
+_, rewards = notebook.curve(notebook.read_metrics(ppo.output_dir), "reward_mean")
+third = max(len(rewards) // 3, 1)
+first, last = sum(rewards[:third]) / third, sum(rewards[-third:]) / third
+print(f"reward model held-out accuracy: {rm_accuracy:.2f}")
+print(f"PPO mean reward of the rollouts: first third {first:.3f}, last third {last:.3f}")
+assert rm_accuracy >= 0.75
+assert last > first + 0.2, (first, last)""",
+    ),
+]
+
 # ----------------------------------------------------------------------------- 05 own model
 OWN_MODEL: list[Cell] = [
     (
@@ -693,6 +870,7 @@ NOTEBOOKS: dict[str, list[Cell]] = {
     "01_lora_sft.ipynb": LORA_SFT,
     "02_qlora.ipynb": QLORA,
     "03_dpo.ipynb": DPO,
+    "04_instructgpt.ipynb": INSTRUCTGPT,
     "05_transforms_in_your_flax_model.ipynb": OWN_MODEL,
 }
 
