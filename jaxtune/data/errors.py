@@ -36,7 +36,10 @@ class DataWarning(UserWarning):
 
 
 def where(source: str, row: int) -> str:
-    """`file.jsonl, row 12` (rows count from 1, as lines of a JSONL file do)."""
+    """`file.jsonl, row 12` (rows count from 1, as lines of a JSONL file do; a CSV file's line
+    is given too, since its header takes line 1)."""
+    if source.endswith(".csv"):
+        return f"{source}, row {row + 1} (line {row + 2})"
     return f"{source}, row {row + 1}"
 
 

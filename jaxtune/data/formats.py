@@ -32,6 +32,7 @@ from jaxtune.data.errors import BadRow
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False}
 
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "text": {"text": "text"},
@@ -149,7 +150,8 @@ def read_row(row: Mapping[str, Any], fmt: str, columns: Mapping[str, str]) -> Re
     if fmt == "alpaca":
         return Chat(_with_system(_alpaca_messages(row, cols), system))
     if fmt in ("sharegpt", "messages"):
-        messages = _messages(_field(row, cols["messages"]), cols["messages"], cols)
+        value = _from_json_text(_field(row, cols["messages"]), cols["messages"])
+        messages = _messages(value, cols["messages"], cols)
         return Chat(_with_system(messages, system), _tools(row, cols))
     if fmt == "preference":
         return _read_pair(row, cols, system)
@@ -158,6 +160,8 @@ def read_row(row: Mapping[str, Any], fmt: str, columns: Mapping[str, str]) -> Re
             _as_messages(_field(row, cols["prompt"]), cols["prompt"], cols), system
         )
         label = _field(row, cols["label"])
+        if isinstance(label, str):  # a CSV cell
+            label = LABEL_WORDS.get(label.strip().lower(), label)
         if not isinstance(label, bool | int) or label not in (0, 1, True, False):
             raise BadRow(f"field {cols['label']!r} must be true or false, got {label!r}")
         completion = _as_answer(_field(row, cols["completion"]), cols["completion"], cols)
@@ -241,6 +245,16 @@ def _optional_str(row: Mapping[str, Any], name: str | None) -> str | None:
     return value
 
 
+def _from_json_text(value: Any, name: str | None) -> Any:
+    """A list or object given as JSON text (as a CSV cell holds it) decoded; others as they are."""
+    if not (isinstance(value, str) and value.lstrip()[:1] in ("[", "{")):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise BadRow(f"field {name!r} is not valid JSON ({e.msg})", "wrong type") from None
+
+
 def _tools(row: Mapping[str, Any], cols: Mapping[str, str]) -> Any:
     value = row.get(cols.get("tools", ""), None)
     if isinstance(value, str) and value:
@@ -259,7 +273,7 @@ def _with_system(messages: tuple[Message, ...], system: str | None) -> tuple[Mes
 
 def _alpaca_messages(row: Mapping[str, Any], cols: Mapping[str, str]) -> tuple[Message, ...]:
     messages: list[Message] = []
-    history = row.get(cols.get("history", ""), None) or []
+    history = _from_json_text(row.get(cols.get("history", ""), None), cols.get("history")) or []
     if not isinstance(history, list):
         raise BadRow(
             f"field {cols['history']!r} must be a list of [query, answer] pairs", "wrong type"

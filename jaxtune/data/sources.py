@@ -6,6 +6,8 @@
 
 A bad row raises a DataError naming the file and row (1-based, as JSONL lines), unless
 skip_bad_rows is set: then it is skipped and counted, with one DataWarning per source.
+CSV cells are all read as text, a blank cell as a missing value, and list fields (history,
+messages, tools) as JSON text, so a CSV file gives the rows its JSONL twin gives.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def open_dataset(spec: SourceSpec, streaming: bool = False) -> Any:
                 f"found {[p.name for p in files][:5] or 'none'}"
             )
         builder = builders.pop()
+        if builder == "csv":
+            kwargs.update(csv_options(files[0]))
         load = lambda: datasets.load_dataset(builder, data_files=[str(p) for p in files], **kwargs)
     elif Path(spec.path).suffix in BUILDERS or spec.path.startswith((".", "/", "~")):
         raise DataError(f"{spec.path}: no such file or folder")
@@ -56,6 +60,21 @@ def open_dataset(spec: SourceSpec, streaming: bool = False) -> Any:
         raise DataError(
             f"{spec.path}: could not load the dataset ({type(e).__name__}: {e})"
         ) from None
+
+
+def csv_options(first_file: Path) -> dict[str, Any]:
+    """Every CSV cell read as text ("007", "True", "NA" stay what they say); blank cells as
+    missing values. Lists (history, messages, tools) are JSON text in their cells."""
+    import csv
+
+    import datasets
+
+    with open(first_file, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if not header:
+        raise DataError(f"{first_file}: the CSV file has no header row naming its columns")
+    text = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": text, "keep_default_na": False, "na_values": [""]}
 
 
 @dataclass(frozen=True)
