@@ -57,7 +57,7 @@ def rollout_batches(
     settings = stage.settings
     tokenizer = run.tokenizer
     eos, pad = stop_ids(run.model, tokenizer), pad_id_for(run.model, tokenizer)
-    rewards = RewardSource.create(settings, tokenizer)
+    rewards = RewardSource.create(settings, tokenizer, eos)
     reference = Reference.for_run(run, strip=drop_value_head)  # adapters off, or a copy
     seed = int(run.config.seed)
     host_rng = np.random.default_rng(seed)

@@ -26,7 +26,6 @@ import numpy as np
 from jaxtune.errors import UserError
 from jaxtune.losses import verifiable
 from jaxtune.rl.rollout import Rollout
-from jaxtune.rl.sequences import join
 from jaxtune.rl.settings import RolloutSettings
 
 RewardFn = Callable[..., Sequence[float]]
@@ -86,33 +85,63 @@ def call_reward(
 
 @dataclasses.dataclass
 class RewardModelScorer:
-    """A reward model's score of each prompt + response sequence (compiled once per shape)."""
+    """A reward model's score of each prompt + response, laid out as its training pairs were:
+    the response's EOS replaced by what the chat template puts after an assistant turn (e.g.
+    "<|im_end|>\n"), so the score is read at the same kind of last token as in training."""
 
     model: Any
     params: Any
     head: Any
     path: str
+    suffix: tuple[int, ...] = ()
+    eos_ids: tuple[int, ...] = ()
 
     @classmethod
-    def load(cls, path: str, policy_tokenizer: Any, where: str) -> RewardModelScorer:
+    def load(
+        cls, path: str, policy_tokenizer: Any, where: str, eos_ids: Sequence[int] = ()
+    ) -> RewardModelScorer:
         from jaxtune import models
 
         check_same_tokenizer(reward_tokenizer(path, where), policy_tokenizer, path)
         model, params, head = models.load_reward_model(path)
-        return cls(model, params, head, path)
+        return cls(model, params, head, path, turn_suffix(policy_tokenizer), tuple(eos_ids))
+
+    def sequences(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded ids [B, L] and mask of prompt + response (EOS dropped) + suffix."""
+        from jaxtune.generate.prompts import left_pad
+
+        rows = []
+        for p_ids, p_mask, r_ids, r_mask in zip(
+            rollout.prompt_ids, rollout.prompt_mask, rollout.tokens, rollout.mask, strict=True
+        ):
+            response = [t for t in r_ids[r_mask].tolist() if t not in self.eos_ids]
+            rows.append(p_ids[p_mask > 0].tolist() + response + list(self.suffix))
+        return left_pad(rows, 0)
 
     def __call__(self, rollout: Rollout) -> np.ndarray:
-        seq = join(rollout.prompt_ids, rollout.prompt_mask, rollout.tokens, rollout.mask)
-        top = int(seq["input_ids"].max())
+        from jaxtune.models import score
+
+        ids, mask = self.sequences(rollout)
+        top = int(ids.max())
         if top >= self.model.config.vocab_size:
             raise UserError(
                 f"reward model {self.path}: token id {top} is outside its vocabulary of "
                 f"{self.model.config.vocab_size}; use a reward model with the policy's tokenizer."
             )
-        from jaxtune.models import score
-
-        scores = score(self.model, self.params, self.head, seq)
+        scores = score(self.model, self.params, self.head, ids, mask)
         return np.asarray(jax.device_get(scores), np.float32)
+
+
+def turn_suffix(tokenizer: Any) -> tuple[int, ...]:
+    """Token ids the chat template writes after an assistant message's text ("<|im_end|>\n");
+    () without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ()
+    marker = "\x00END\x00"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    tail = text.split(marker, 1)[1] if marker in text else ""
+    return tuple(tokenizer(tail, add_special_tokens=False)["input_ids"]) if tail else ()
 
 
 def reward_tokenizer(path: str, where: str) -> Any:
@@ -162,7 +191,9 @@ class RewardSource:
     section: str = "ppo"
 
     @classmethod
-    def create(cls, settings: RolloutSettings, policy_tokenizer: Any) -> RewardSource:
+    def create(
+        cls, settings: RolloutSettings, policy_tokenizer: Any, eos_ids: Sequence[int] = ()
+    ) -> RewardSource:
         s = settings.section
         names = [n.strip() for n in settings.reward_fn.split(",") if n.strip()]
         weights = parse_weights(settings.reward_weights, len(names), f"config.{s}.reward_weights")
@@ -170,7 +201,7 @@ class RewardSource:
         model = None
         if settings.reward_model:
             model = RewardModelScorer.load(
-                settings.reward_model, policy_tokenizer, f"config.{s}.reward_model"
+                settings.reward_model, policy_tokenizer, f"config.{s}.reward_model", eos_ids
             )
         return cls(functions, model, s)
 
