@@ -31,12 +31,17 @@ OFFICIAL = {
     # quoted by GoogleCloudPlatform vertex-ai-samples' PEFT template docs); llama.cpp's test has
     # the first revision, which lacks the add_generation_prompt guard
     "llama3": "meta-llama-3-instruct",
+    # meta-llama/Llama-3.2-3B-Instruct as mirrored by unsloth/Llama-3.2-3B-Instruct (revision
+    # 006f5dcd), quoted verbatim in a public test suite; its date is pinned through date_string
+    "llama3.1": "llama-3.2-instruct",
     # mistralai/Mistral-7B-Instruct-v0.2 (and v0.1 since mid 2024), mistralai's "v1" template
     # with a system prompt: ggml-org/llama.cpp tests/test-chat-template.cpp
     "mistral": "mistral-7b-instruct-v0.2",
     # google/gemma-3-*-it: quoted in ShishirPatil/gorilla (BFCL) gemma handler; text parts only
     "gemma": "gemma-3-it",
 }
+# what transformers' apply_chat_template passes to an official template besides the messages
+OFFICIAL_KWARGS = {"llama3.1": {"date_string": "26 Jul 2024"}}  # else today's date
 # google/gemma-7b-it and gemma-2-*-it (both refuse a system turn): mistral.rs' test_chat_templates
 GEMMA_1_2 = "gemma-7b-it"
 
@@ -63,7 +68,7 @@ def tokenizer_for(template: str | None):
     """A tokenizer with the special tokens a model using `template` has."""
     if template in ("chatml", "qwen", "qwen2", "alpaca", "plain", None):
         return smollm2()
-    if template == "llama3":
+    if template in ("llama3", "llama3.1"):
         return with_tokens(
             smollm2(),
             bos="<|begin_of_text|>",
@@ -99,9 +104,10 @@ def test_token_ids_equal_apply_chat_template(template):
     else:
         source = official(OFFICIAL[template]) if template in OFFICIAL else BUILTIN[template]
     ours_template = resolve_template(tok, template)
+    kwargs = OFFICIAL_KWARGS.get(template, {})
     for messages in conversations():
         ours = encode(tok, template, messages)
-        ref = tok.apply_chat_template(messages, chat_template=source)["input_ids"]
+        ref = tok.apply_chat_template(messages, chat_template=source, **kwargs)["input_ids"]
         assert ours.ids.tolist() == ref
         # every span starts after the generation header and ends on the turn's EOS
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -110,7 +116,11 @@ def test_token_ids_equal_apply_chat_template(template):
             assert messages[turn]["content"].strip()[:3] in tok.decode(ours.ids[start:end])
             # the prompt a generation starts from is the official one too
             prompt = tok.apply_chat_template(
-                messages[:turn], chat_template=source, add_generation_prompt=True, tokenize=False
+                messages[:turn],
+                chat_template=source,
+                add_generation_prompt=True,
+                tokenize=False,
+                **kwargs,
             )
             assert ours_template.render(messages[:turn], add_generation_prompt=True) == prompt
             assert len(tok(prompt, add_special_tokens=False)["input_ids"]) <= start

@@ -10,7 +10,9 @@ with the official templates, vendored under tests/data/chat_templates):
     qwen     chatml + "You are Qwen, created by Alibaba Cloud..."   (Qwen2.5-Instruct)
     qwen2    chatml + "You are a helpful assistant."                (Qwen2-Instruct)
     llama3   <|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n...<|eot_id|>
-             (Meta-Llama-3-Instruct; 3.1+ templates add a dated system block)
+             (Meta-Llama-3-Instruct)
+    llama3.1 llama3 + a system block "Cutting Knowledge Date: December 2023\\nToday Date:
+             26 Jul 2024" (Llama 3.1-3.3 Instruct; 3.2's own template writes today's date)
     mistral  <s> [INST] ... [/INST] answer</s>              (Mistral-7B-Instruct v0.1/v0.2)
     gemma    <bos><start_of_turn>user\\n...<end_of_turn>\\n  (Gemma 3; system joins turn one,
              which Gemma 1/2 templates refuse)
@@ -69,6 +71,25 @@ BUILTIN: dict[str, str] = {
         " + message['content'] | trim + '<|eot_id|>' %}"
         "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
         "{{ content }}{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+    ),
+    "llama3.1": (  # Llama 3.1-3.3 Instruct: a system block with the knowledge cutoff and a date
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system_message = messages[0]['content'] | trim %}"
+        "{% set loop_messages = messages[1:] %}"
+        "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}"
+        "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: "
+        "December 2023\\nToday Date: 26 Jul 2024\\n\\n' + system_message + '<|eot_id|>' }}"
+        "{% for message in loop_messages %}"
+        "{% if message['role'] == 'tool' %}"
+        "{{ '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + message['content']"
+        " + '<|eot_id|>' }}"
+        "{% else %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+        " + message['content'] | trim + '<|eot_id|>' }}"
+        "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}"
         "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
     ),
