@@ -23,8 +23,9 @@ NEEDS = {  # recipes that need a package that may not be installed yet
 }
 STEPS = 24
 # How far the mean loss must fall (first 3 steps vs last 3). A pairwise reward loss starts at
-# log 2 = 0.69 and falls toward 0 by less than LM losses do in as many steps.
-MIN_DROP = {"rm": 0.3}
+# log 2 = 0.69; on 4 pairs a step it fell by 0.20-0.30 in 24 steps for seeds 0-3 (its own test,
+# tests/test_rm_stage.py, checks held-out accuracy).
+MIN_DROP = {"rm": 0.15}
 
 
 @pytest.fixture(scope="module")
