@@ -2,6 +2,7 @@
 
     settings = RefSettings.from_config(config, "dpo")      # dpo.reference, dpo.ref_cache_dir
     batches = with_reference(stage, run, batches, current_params)   # Stage.train_batches
+                                                                    # (and eval_batches)
     ref = reference_arrays(stage, model, params, batch)     # inside the stage's loss
 
 `reference` = disable: the stage's loss computes the reference log-probs itself on
@@ -88,6 +89,15 @@ def with_reference(
     return ReferenceBatches(stage, run, batches, current_params)
 
 
+def shared_reference(run: Any, current_params: Callable[[], Params], mode: str) -> Params:
+    """The reference params of a run, made once and shared by its train and eval batches
+    (kept on the run object, so they live as long as the run)."""
+    held = run.__dict__.setdefault("_reference_params", {})
+    if mode not in held:
+        held[mode] = initial_reference(run, current_params(), mode)
+    return held[mode]
+
+
 def _resumed(run: Any) -> bool:
     ckpts = Path(run.config.output_dir) / "checkpoints"
     return (
@@ -133,7 +143,6 @@ class ReferenceBatches:
     def __init__(self, stage: Any, run: Any, batches: Iterator[dict], current_params: Callable):
         self.stage, self.run, self.batches = stage, run, batches
         self.current_params = current_params
-        self.ref_params: Params = None
         self.cache = None
         self.computed = 0  # units whose reference log-probs were computed (not read)
 
@@ -151,14 +160,11 @@ class ReferenceBatches:
         from jaxtune.train import shardings as sh
 
         run = self.run
-        if self.ref_params is None:
-            self.ref_params = initial_reference(
-                run, self.current_params(), self.stage.reference.params
-            )
+        ref_params = shared_reference(run, self.current_params, self.stage.reference.params)
         inputs = {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
         with use_mesh(run.mesh, run.rules):
             out = _reference_fn(self.stage, run.model)(
-                self.ref_params, sh.put_batch(inputs, run.mesh, run.rules)
+                ref_params, sh.put_batch(inputs, run.mesh, run.rules)
             )
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 

@@ -64,6 +64,13 @@ class KTOStage:
     ) -> Iterator[Batch]:
         return ref_logps.with_reference(self, run, batches, current_params)
 
+    def eval_batches(
+        self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
+    ) -> Iterator[Batch]:
+        """Eval batches with reference log-probs (copy / cache modes), once the loop calls
+        this hook (it calls train_batches only, for now)."""
+        return ref_logps.with_reference(self, run, batches, current_params)
+
     def reference_arrays(self, model: Any, params: Params, batch: Batch) -> dict[str, jax.Array]:
         """The reference's summed completion log-probs of the rows and the KL rows, [B, T] each
         (one [2B, T] pass)."""
