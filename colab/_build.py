@@ -455,6 +455,13 @@ Ouyang et al. (2022) in three runs of the same `jaxtune.train.train`, each a `co
     (
         "code",
         """\
+# LoRA learning rate of SFT and RM (PPO: a tenth of it). The tests' tiny random model needs
+# larger steps (1e-2) than a pretrained one.
+LR = float(os.environ.get("JAXTUNE_NOTEBOOK_LR", "2e-3"))""",
+    ),
+    (
+        "code",
+        """\
 import json
 import random
 from pathlib import Path
@@ -484,7 +491,8 @@ demos_file = write_jsonl("demos.jsonl", demos)
 pairs_train = write_jsonl("pairs_train.jsonl", pairs[:48])
 pairs_heldout = write_jsonl("pairs_heldout.jsonl", pairs[48:])
 prompts = [p["prompt"][0]["content"] for p in pairs]
-prompts_file = write_jsonl("prompts.jsonl", [{"prompt": q} for q in prompts[:48]])
+ppo_prompts = prompts[:48]  # the prompts of the demonstrations
+prompts_file = write_jsonl("prompts.jsonl", [{"prompt": q} for q in ppo_prompts])
 print(f"{sum(d['messages'][-1]['content'] in REFUSALS for d in demos)} of 48 demos refuse")
 
 
@@ -517,7 +525,7 @@ def export(result, name):
 sft = base_config("sft", MODEL, "sft")
 sft.data.train = demos_file
 sft.data.packing = True
-sft.optim.lr = 2e-3
+sft.optim.lr = LR
 sft_result = train(sft)
 sft_model = export(sft_result, "sft_merged")
 notebook.plot_metrics(sft.output_dir, ["loss"], title="SFT")""",
@@ -535,7 +543,7 @@ The scalar head starts random, so the held-out accuracy starts near chance.""",
 rm = base_config("rm", sft_model, "rm")
 rm.data.train = pairs_train
 rm.data.eval = pairs_heldout
-rm.optim.lr = 2e-3
+rm.optim.lr = LR
 rm.train.batch_size = 4  # pairs per step
 rm.train.eval_at_start = True
 rm.train.eval_every = max(STEPS // 3, 1)
@@ -564,46 +572,70 @@ ppo.ppo.reward_model = reward_model
 ppo.ppo.max_new_tokens = 24
 ppo.ppo.ppo_epochs = 2
 ppo.ppo.kl_coef = 0.05
-ppo.optim.lr = 5e-4
+ppo.optim.lr = LR / 10
 ppo_result = train(ppo)
 notebook.plot_metrics(ppo.output_dir, ["reward_mean", "kl", "response_length"], title="PPO")""",
     ),
     (
         "md",
-        "## Before and after PPO: greedy answers to the 12 held-out prompts",
+        """\
+## Before and after PPO
+
+Greedy answers of the SFT policy (the PPO run's params with the LoRA update still zero) and
+of the PPO policy to the PPO prompts, scored by the reward model.""",
     ),
     (
         "code",
         """\
+import numpy as np
+
+from jaxtune import models
 from jaxtune.generate import generate_text
 
 run = ppo_result.run
 sft_policy = run.combine(run.trainable, run.frozen)  # LoRA B = 0: the SFT model
 ppo_policy = run.combine(ppo_result.state.params, run.frozen)
-heldout = prompts[48:]
-before = generate_text(run.model, sft_policy, run.tokenizer, heldout, max_new_tokens=24)
-after = generate_text(run.model, ppo_policy, run.tokenizer, heldout, max_new_tokens=24)
-for q, b, a in list(zip(heldout, before, after, strict=True))[:4]:
+rm_model, rm_params, rm_head = models.load_reward_model(reward_model)
+
+
+def answers_and_scores(params):
+    answers = generate_text(run.model, params, run.tokenizer, ppo_prompts, max_new_tokens=24)
+    chats = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a.strip()}]
+        for q, a in zip(ppo_prompts, answers, strict=True)
+    ]
+    texts = [run.tokenizer.apply_chat_template(c, tokenize=False) for c in chats]
+    enc = run.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="np")
+    scores = models.score(rm_model, rm_params, rm_head, enc["input_ids"], enc["attention_mask"])
+    return answers, np.asarray(scores)
+
+
+before, before_scores = answers_and_scores(sft_policy)
+after, after_scores = answers_and_scores(ppo_policy)
+for q, b, a in list(zip(ppo_prompts, before, after, strict=True))[:4]:
     print(f"Q: {q}\\n  SFT: {b}\\n  PPO: {a}\\n")
 refusals = lambda answers: sum(a.strip() in REFUSALS for a in answers)
-print(f"refusals: SFT {refusals(before)}/12, PPO {refusals(after)}/12")
+print(f"refusals: SFT {refusals(before)}/48, PPO {refusals(after)}/48")
+print(f"mean reward-model score: SFT {before_scores.mean():.3f}, PPO {after_scores.mean():.3f}")
 policy_model = export(ppo_result, "ppo_merged")  # the value head is dropped""",
     ),
     (
         "md",
-        "## What this notebook claims: the RM ranks held-out pairs, and PPO raised its reward",
+        "## What this notebook claims: the RM separates held-out pairs, PPO raised its reward",
     ),
     (
         "code",
         """\
-rm_accuracy = rm_result.evals[STEPS]["eval_accuracy"]
+rm_start, rm_end = rm_result.evals[0], rm_result.evals[STEPS]
 _, rewards = notebook.curve(notebook.read_metrics(ppo.output_dir), "reward_mean")
-third = max(len(rewards) // 3, 1)
-first, last = sum(rewards[:third]) / third, sum(rewards[-third:]) / third
-print(f"reward model held-out accuracy: {rm_accuracy:.2f}")
-print(f"PPO mean reward of the rollouts: first third {first:.3f}, last third {last:.3f}")
-assert rm_accuracy >= 0.75
-assert last > first + 0.2, (first, last)""",
+half = len(rewards) // 2
+first, last = np.mean(rewards[:half]), np.mean(rewards[half:])
+for key in ("eval_margin", "eval_accuracy"):
+    print(f"reward model, held-out {key[5:]}: {rm_start[key]:.3f} -> {rm_end[key]:.3f}")
+print(f"PPO mean reward of the rollouts: first half {first:.3f}, second half {last:.3f}")
+assert rm_end["eval_margin"] > rm_start["eval_margin"] + 0.3  # r(chosen) - r(rejected)
+# the reward PPO maximises, on greedy answers to all 48 PPO prompts (sampled rollouts: noisier)
+assert after_scores.mean() > before_scores.mean() + 0.1""",
     ),
 ]
 
