@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if not run_.config.data.get("eval"):
         raise UserError("data.eval is empty: give --config.data.eval=PATH (a dataset file).")
     batches = make_batches(run_.config, run_.tokenizer, run_.stage, "eval")
+    eval_hook = getattr(run_.stage, "eval_batches", None)
+    if eval_hook is not None:  # e.g. reference log-probs for the eval pairs
+        batches = eval_hook(run_, iter(batches), lambda: run_.combine(trainable, frozen))
     metrics = evaluate(run_, eval_step_for(run_), trainable, frozen, batches)
     result = {"step": step, "stage": run_.stage.name, "data": str(run_.config.data.eval)}
     result.update(metrics)

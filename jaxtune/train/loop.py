@@ -10,7 +10,9 @@ checkpoint. Resuming restores the state *and* the data iterator's position, and 
 s is fold_in(seed key, s), so a resumed run computes the same steps as an uninterrupted one.
 
 `STEP_HOOKS` are called as hook(step, metrics) after each step's metrics are known (used by
-tests to kill a run at a chosen step, and by notebooks to plot live).
+tests to kill a run at a chosen step, and by notebooks to plot live). A stage's optional
+`eval_batches(run, batches, current_params)` hook wraps the eval batches as `train_batches`
+wraps the train batches (the DPO family adds reference log-probs there).
 """
 
 from __future__ import annotations
@@ -164,7 +166,11 @@ def train(
     def do_eval(step: int) -> dict[str, float]:
         if eval_batches is None:
             return {}
-        metrics = evaluate(run, eval_step, state.params, frozen, eval_batches())
+        batches_ = eval_batches()
+        eval_hook = getattr(run.stage, "eval_batches", None)
+        if eval_hook is not None:  # e.g. reference log-probs for the eval pairs
+            batches_ = eval_hook(run, iter(batches_), lambda: run.combine(state.params, frozen))
+        metrics = evaluate(run, eval_step, state.params, frozen, batches_)
         evals[step] = metrics
         if metrics:
             progress.message(
