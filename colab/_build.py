@@ -211,10 +211,10 @@ QLORA: list[Cell] = [
 
 QLoRA (Dettmers et al. 2023) stores the frozen base weights as NF4 (4-bit NormalFloat, blocks
 of 64 values with their own scale, the scales themselves quantized to 8 bits) and trains fp32
-LoRA adapters on top. The base takes about a quarter of a byte more than half a byte per
-parameter instead of 4 (fp32) or 2 (bf16), which is what lets a 7B model fine-tune on one
-16 GB GPU. In jaxtune a quantized weight is just another param leaf: the matmul dequantizes a
-block at a time, and LoRA wraps it like any other weight.
+LoRA adapters on top. The base takes about 0.52 bytes per parameter instead of 4 (fp32) or 2
+(bf16), which is what lets a 7B model fine-tune on one 16 GB GPU. In jaxtune a quantized
+weight is just another param leaf: the matmul dequantizes a block at a time, and LoRA wraps it
+like any other weight.
 
 This is `configs/sft_qlora.py` in a notebook: same data and loop as `01_lora_sft`, plus
 `config.quant`.""",
