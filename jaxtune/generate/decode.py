@@ -21,6 +21,7 @@ import numpy as np
 from jaxtune.errors import UserError
 from jaxtune.generate.prompts import bucket_length, check_left_padded, pad_to_length
 from jaxtune.generate.sampling import SamplingConfig, sample
+from jaxtune.models.decoder import unstack_cache, unstack_layers
 
 Params = dict[str, Any]
 
@@ -170,19 +171,24 @@ def _generate(
         rng=rng,
     )
     state = record(state, token, logprob)
+    # Once, outside the loop: the loop body then runs the layers on separate weight and cache
+    # buffers (no per-token slicing of stacked weights, cache updates in place).
+    loop_params = unstack_layers(params)
+    if loop_params is not params:
+        state = state._replace(cache=unstack_cache(state.cache))
 
     def cond(state: _LoopState) -> jax.Array:
         return (state.step < n) & ~jnp.all(state.done)
 
     def body(state: _LoopState) -> _LoopState:
         hidden, cache = model.hidden_states(
-            params,
+            loop_params,
             state.token[:, None],
             attention_mask=jnp.ones((b, 1), bool),
             cache=state.cache,
         )  # (B, 1, D)
         rng, key = jax.random.split(state.rng)
-        token, logprob = sample(model.logits(params, hidden[:, 0]), key, sampling)
+        token, logprob = sample(model.logits(loop_params, hidden[:, 0]), key, sampling)
         return record(state._replace(cache=cache, rng=rng), token, logprob)
 
     state = jax.lax.while_loop(cond, body, state)

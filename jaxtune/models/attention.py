@@ -126,6 +126,35 @@ def attention(
     return out.reshape(b, t, h, d)
 
 
+def cached_attention(
+    impl: str,
+    q: jax.Array,  # (B, T, H, D)
+    k: jax.Array,  # (B, K, S, D) head-major, as the KV cache stores it
+    v: jax.Array,  # (B, K, S, D)
+    mask: Mask,  # (B, T, S)
+    scale: float,
+    logit_softcap: float | None = None,
+) -> jax.Array:
+    """Attention of T new queries over a head-major KV cache, output (B, T, H, D).
+
+    The reference computes in the cache's layout (a decode step transposes only its query);
+    other implementations get the (B, S, K, D) layout they take.
+    """
+    if impl != "reference":
+        fn = ATTENTION_IMPLS[impl]
+        return fn(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, scale, logit_softcap)
+    mask = as_dense(mask)
+    b, t, h, d = q.shape
+    kv_heads = k.shape[1]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)  # (B, K, G, T, D)
+    logits = jnp.einsum("bkgtd,bksd->bkgts", q, k) * jnp.asarray(scale, q.dtype)
+    logits = softcap(logits.astype(jnp.float32), logit_softcap)
+    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", weights, v)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 # ----------------------------------------------------------------------------- jax.nn (XLA, cuDNN)
 def xla_attention(q, k, v, mask: Mask, scale: float, logit_softcap: float | None = None):
     """`jax.nn.dot_product_attention` on XLA (soft-capped calls go to the reference)."""

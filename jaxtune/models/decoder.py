@@ -17,7 +17,9 @@
 
 Kernels are stored `[in, out]` (transformers stores `[out, in]`); the loader transposes. Layers
 run under `lax.scan`, so compile time does not grow with depth; per-layer differences (sliding or
-global attention) ride along as scanned flags.
+global attention) ride along as scanned flags. `unstack_layers(params)` gives `layers` as a tuple
+of per-layer trees, which run unrolled: generation's decode loop uses it (a memory-bound step
+should not copy each layer's weights out of the stack).
 """
 
 from __future__ import annotations
@@ -238,7 +240,10 @@ class CausalLM:
             layer = jax.checkpoint(layer, policy=policy, prevent_cse=False)
 
         kv_in = None if cache is None else (cache["k"], cache["v"])
-        x, kv_out = jax.lax.scan(layer, x, (params["layers"], is_sliding, kv_in))
+        if isinstance(params["layers"], tuple):  # unstacked (see `unstack_layers`)
+            x, kv_out = unrolled_layers(layer, x, params["layers"], is_sliding, kv_in)
+        else:
+            x, kv_out = jax.lax.scan(layer, x, (params["layers"], is_sliding, kv_in))
 
         x = self._norm(params["norm"], x)
         new_cache = None
@@ -305,19 +310,20 @@ class CausalLM:
         if rope is not None:
             q = rope_lib.apply_rope(q, *rope)
             k = rope_lib.apply_rope(k, *rope)
-        if kv is not None:  # write this chunk into the cache, attend over the whole cache
-            k_cache, v_cache = kv
-            k = jax.lax.dynamic_update_slice(
-                k_cache, k.astype(k_cache.dtype), (0, cache_index, 0, 0)
-            )
-            v = jax.lax.dynamic_update_slice(
-                v_cache, v.astype(v_cache.dtype), (0, cache_index, 0, 0)
-            )
-            kv = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
         scale = (cfg.query_scale or cfg.head_dim) ** -0.5
-        attend = attn_lib.ATTENTION_IMPLS[self.attention_impl]
-        out = attend(q, k, v, mask, scale, cfg.attn_softcap)
+        if kv is not None:  # write this chunk into the cache, attend over the whole cache
+            k_cache, v_cache = kv  # (B, K, S, hd): head-major, a decode step needs no transpose
+            idx = (0, 0, cache_index, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, heads_major(k, k_cache.dtype), idx)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, heads_major(v, v_cache.dtype), idx)
+            kv = (k_cache, v_cache)
+            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+            out = attn_lib.cached_attention(
+                self.attention_impl, q, k, v, mask, scale, cfg.attn_softcap
+            )
+        else:
+            attend = attn_lib.ATTENTION_IMPLS[self.attention_impl]
+            out = attend(q, k, v, mask, scale, cfg.attn_softcap)
         out = out.reshape(b, t, cfg.q_size)
         return linear(out, p["o_proj"]["kernel"], p["o_proj"].get("bias")), kv
 
@@ -340,15 +346,65 @@ class CausalLM:
 
     # ---------------------------------------------------------------- cache
     def init_cache(self, batch: int, max_len: int, dtype: Any = jnp.float32) -> Cache:
-        """An empty KV cache of `max_len` slots per row."""
+        """An empty KV cache of `max_len` slots per row.
+
+        k, v: (L, B, K, max_len, head_dim); valid: (B, max_len) bool, the slots written with real
+        tokens; index: the next slot to write. Pass it to `hidden_states`/`apply` and use the
+        cache they return.
+        """
         cfg = self.config
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return {
             "k": jnp.zeros(shape, dtype),
             "v": jnp.zeros(shape, dtype),
             "valid": jnp.zeros((batch, max_len), bool),
             "index": jnp.zeros((), jnp.int32),
         }
+
+
+def unstack_layers(params: Params) -> Params:
+    """params with `layers` as a tuple of per-layer trees (each leaf without the layer axis).
+
+    `hidden_states` then runs the layers in an unrolled Python loop on separate buffers: no
+    per-layer dynamic slice copies the weights, which is what a memory-bound KV-cache decode
+    step pays for under `lax.scan` (generation does this once, outside its decode loop). Compile
+    time grows with depth, so training keeps the stacked layers.
+    """
+    layers = params.get("layers") if isinstance(params, dict) else None
+    if not isinstance(layers, dict):  # already unstacked, or not a jaxtune decoder's params
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n))}
+
+
+def unstack_cache(cache: Cache) -> Cache:
+    """The cache with k and v as tuples of per-layer (B, K, S, hd) arrays, the form the unrolled
+    layers of `unstack_layers` update in place (a stacked cache costs them a copy per step)."""
+    if isinstance(cache["k"], tuple):
+        return cache
+    n = cache["k"].shape[0]
+    return {**cache, **{name: tuple(cache[name][i] for i in range(n)) for name in ("k", "v")}}
+
+
+def unrolled_layers(layer_fn, x, layers: tuple, is_sliding: jax.Array, kv):
+    """The layer scan as a Python loop over unstacked layers. The cache comes back in the form
+    it came in: per-layer tuples (updated in place), or stacked arrays (re-stacked)."""
+    if kv is None:
+        for i, p in enumerate(layers):
+            x, _ = layer_fn(x, (p, is_sliding[i], None))
+        return x, None
+    stacked = not isinstance(kv[0], tuple)
+    ks, vs = (list(c) for c in kv)
+    for i, p in enumerate(layers):
+        x, (ks[i], vs[i]) = layer_fn(x, (p, is_sliding[i], (ks[i], vs[i])))
+    if stacked:
+        return x, (jnp.stack(ks), jnp.stack(vs))
+    return x, (tuple(ks), tuple(vs))
+
+
+def heads_major(x: jax.Array, dtype: Any) -> jax.Array:
+    """(B, T, K, hd) -> (B, K, T, hd) in the cache's dtype."""
+    return x.transpose(0, 2, 1, 3).astype(dtype)
 
 
 def default_positions(
