@@ -186,6 +186,7 @@ def trl_side(directory: str, args):
         model=model, args=config, train_dataset=text, processing_class=tokenizer, peft_config=lora
     )
     trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train sets per step
     inputs = trainer.data_collator(make_pairs(args, model.config.vocab_size))
     trainer.model.train()
 

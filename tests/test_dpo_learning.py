@@ -1,6 +1,6 @@
 """The DPO-family stages learn on a tiny model: DPO raises held-out preference accuracy and the
-chosen-minus-rejected margin; ORPO, SimPO and KTO lower their losses; an identical pair is
-warned about and counted."""
+chosen-minus-rejected margin; KTO lowers its loss (ORPO and SimPO: the recipe tests); an
+identical pair is warned about and counted."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def test_dpo_raises_held_out_accuracy_and_margin():
     train_file, held_out = preference_split()
     config = config_for(str(workdir() / "dpo_learn"), train=train_file, eval=held_out)
     config.dpo.beta = 0.1
+    config.dpo.reference = "copy"  # the step-0 adapters kept; log-probs ride in train and eval
+    # batches (the recipe tests and the demo run the default, adapters off)
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 0
     config.train.steps = 16
@@ -35,15 +37,16 @@ def test_dpo_raises_held_out_accuracy_and_margin():
     assert after["eval_loss"] < before["eval_loss"] - 0.15  # 0.693 -> 0.43
 
 
-@pytest.mark.parametrize("stage", ["orpo", "simpo", "kto"])
-def test_stage_loss_falls(stage):
-    config = config_for(str(workdir() / f"{stage}_learn"), stage=stage)
+def test_kto_loss_falls():
+    """(ORPO and SimPO: tests/test_train_recipes.py trains orpo_lora and simpo_lora to a loss
+    0.5 lower; KTO's loss is bounded by its weights, 0.5 at the start.)"""
+    config = config_for(str(workdir() / "kto_learn"), stage="kto")
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 0
     config.train.steps = 12
     losses = np.array(list(train(config).losses.values()))
     assert np.isfinite(losses).all()
-    assert losses[-4:].mean() < losses[:2].mean() - 0.05, losses
+    assert losses[-4:].mean() < losses[:2].mean() - 0.05, losses  # 0.50 -> ~0.4 when measured
 
 
 def test_identical_pair_is_warned_and_counted():

@@ -7,7 +7,7 @@
 
 `reference` = disable: the stage's loss computes the reference log-probs itself on
 `peft.disable(params)` (no gradient, no second copy), in training and in eval. copy / cache:
-before each train step the batch gets the reference arrays (`stage.ref_keys`, [B, T] per unit
+each train and eval batch gets the reference arrays (`stage.ref_keys`, [B, T] per unit
 as jaxtune.train.pair_logps lays them out) from a compiled forward pass of the frozen step-0
 params (jaxtune.train.reference), or from the on-disk cache (jaxtune.train.ref_cache), which
 only calls the model for units it has never seen. The stage provides:
@@ -74,9 +74,9 @@ def reference_arrays(stage: Any, model: Any, params: Params, batch: Mapping) -> 
         return stage.reference_arrays(model, reference_lib.disabled(params), batch)
     raise UserError(
         f"{stage.name}.reference={stage.reference.mode!r}: this batch has no reference "
-        f"log-probs ({', '.join(stage.ref_keys)}). The train batches get them before each "
-        "step; eval batches do not yet: evaluate with PEFT adapters (reference 'disable') or "
-        "set data.eval=''."
+        f"log-probs ({', '.join(stage.ref_keys)}). The loop adds them to train and eval batches "
+        f"through the stage's train_batches / eval_batches hooks; a caller that makes its own "
+        "batches must wrap them the same way (jaxtune.train.ref_logps.with_reference)."
     )
 
 

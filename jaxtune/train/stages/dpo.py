@@ -68,8 +68,7 @@ class DPOStage:
     def eval_batches(
         self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
     ) -> Iterator[Batch]:
-        """Eval batches with reference log-probs (copy / cache modes), once the loop calls
-        this hook (it calls train_batches only, for now)."""
+        """Eval batches with reference log-probs (copy / cache modes; the loop's hook)."""
         return ref_logps.with_reference(self, run, batches, current_params)
 
     ref_keys = ("ref_chosen_logps", "ref_rejected_logps")

@@ -67,8 +67,7 @@ class KTOStage:
     def eval_batches(
         self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
     ) -> Iterator[Batch]:
-        """Eval batches with reference log-probs (copy / cache modes), once the loop calls
-        this hook (it calls train_batches only, for now)."""
+        """Eval batches with reference log-probs (copy / cache modes; the loop's hook)."""
         return ref_logps.with_reference(self, run, batches, current_params)
 
     def reference_arrays(self, model: Any, params: Params, batch: Batch) -> dict[str, jax.Array]:
