@@ -2,7 +2,7 @@
 the generation / training time split of PPO steps.
 
     JAXTUNE_CACHE=.cache .venv/bin/python scripts/bench_ppo.py [--batch 8 --prompt 64 --new 32 \
-        --runs 3 --rollouts 3 --skip-ppo]
+        --runs 3 --rollouts 3 --skip-ppo --skip-sampler]
 
 1. Rollout tokens/s. Both sample (temperature 1) from the embedded SmolLM2-135M-Instruct with
    the same prefill and the same one-token decode function over a KV cache; `compiled` is
@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rollouts", type=int, default=3)
     parser.add_argument("--skip-ppo", action="store_true")
+    parser.add_argument("--skip-sampler", action="store_true")
     return parser.parse_args()
 
 
@@ -136,7 +137,7 @@ def bench_ppo_split(args) -> None:
         config.train.log_every = 1
         config.log.tensorboard = False
         train(config)
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().split()]
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "time/train_s" in r][-1]
     parts = {
         "generation": last["time/generation_s"],
@@ -158,7 +159,8 @@ def main() -> None:
 
     model, params = models.load(str(smollm2_path()))
     print(f"devices: {jax.devices()}")
-    bench_sampler(args, model, params)
+    if not args.skip_sampler:
+        bench_sampler(args, model, params)
     if not args.skip_ppo:
         bench_ppo_split(args)
 

@@ -10,7 +10,7 @@ import pytest
 from jaxtune.cli.main import main
 from jaxtune.label import pairs, templates
 from jaxtune.label.judges import RuleJudge
-from tests.train_support import small_tokenizer, tiny_llama
+from tests.train_support import ROOT, small_tokenizer, tiny_llama
 
 
 @pytest.mark.parametrize(
@@ -85,9 +85,16 @@ def test_label_command_writes_rows_the_preference_pipeline_reads(tmp_path):
     assert batch["chosen_input_ids"].shape == (2, 64) and batch["rejected_loss_mask"].sum() > 0
 
 
-def test_llm_judge_garbage_answers_are_counted_and_the_command_fails_clearly(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("label") / "llama")
+
+
+def test_llm_judge_garbage_answers_are_counted_and_the_command_fails_clearly(
+    tiny_model, tmp_path, capsys
+):
     """A random tiny LLM answers neither A nor B: every row is counted unparseable."""
-    model = tiny_llama(tmp_path / "judge")
+    model = tiny_model
     src = tmp_path / "candidates.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in ROWS[:2]) + "\n")
     status = main(
@@ -124,3 +131,14 @@ def test_label_recipe_gives_the_flags_and_the_command_line_wins(tmp_path):
     assert [(r["chosen"], r["rejected"]) for r in got] == [("5", "6"), ("8", "It is 7")]
     recipe.write_text("def get_config():\n    return dict(judje='rule')\n")
     assert main(["label", f"--config={recipe}"]) == 2  # unknown key: a user error
+
+
+def test_rlaif_label_recipe_runs(tiny_model, tmp_path):
+    """configs/rlaif_label.py with a tiny policy and a rule judge instead of SmolLM2."""
+    out = tmp_path / "prefs.jsonl"
+    recipe = f"--config={ROOT / 'configs' / 'rlaif_label.py'}"
+    args = ["label", recipe, "--policy", tiny_model, "--output", str(out)]
+    args += ["--judge", "rule", "--rule", "tests.test_rl_pipeline.rule_score"]
+    assert main([*args, "--max-new-tokens", "8"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) > 20 and {"prompt", "chosen", "rejected"} <= set(rows[0])
