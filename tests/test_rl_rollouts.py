@@ -210,3 +210,6 @@ def test_stage_settings_errors_name_the_key():
         module.make_stage(c)
     module, c = stage_config("grpo", reward_fn="exact_match")
     assert module.make_stage(c).settings.group_size == 4
+    c.data = ml_collections.ConfigDict({"eval": "heldout.jsonl"})
+    with pytest.raises(UserError, match=r"data\.eval is set, but the grpo stage"):
+        module.make_stage(c)

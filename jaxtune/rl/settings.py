@@ -15,6 +15,23 @@ from typing import Any
 from jaxtune.errors import UserError
 
 
+def check_run_config(config: Any, section: str) -> None:
+    """What a rollout stage cannot do with the rest of the config (clear errors up front)."""
+    if config.get("data") is not None and config.data.get("eval"):
+        raise UserError(
+            f"config.data.eval is set, but the {section} stage has no held-out loss (its batches "
+            "are rollouts): leave data.eval empty; the rollout metrics (reward_mean, kl, ...) "
+            "are logged every step."
+        )
+    import jax
+
+    if jax.process_count() > 1:
+        raise UserError(
+            f"the {section} stage samples its rollouts on one host; multi-host runs are not "
+            "supported yet (run it on one host, any number of local devices)."
+        )
+
+
 def shared_defaults() -> dict[str, Any]:
     """Keys both stage sections have (with their defaults)."""
     return dict(

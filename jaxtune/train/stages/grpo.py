@@ -30,7 +30,7 @@ from jaxtune.losses.ppo import kl_penalty
 from jaxtune.rl import advantages as adv_lib
 from jaxtune.rl.driver import rollout_batches
 from jaxtune.rl.sequences import response_hidden, response_logps
-from jaxtune.rl.settings import RolloutSettings, shared_defaults
+from jaxtune.rl.settings import RolloutSettings, check_run_config, shared_defaults
 from jaxtune.rl.stats import stat_metrics
 from jaxtune.train.stages import Batch, LossOutput, Params
 
@@ -140,6 +140,7 @@ def _prepare(
 
 def make_stage(config: Any) -> GRPOStage:
     c = config.grpo
+    check_run_config(config, "grpo")
     if c.loss_type not in GRPO_LOSS_TYPES:
         raise UserError(f"config.grpo.loss_type={c.loss_type!r}: one of {GRPO_LOSS_TYPES}.")
     if c.scale_rewards not in SCALES:

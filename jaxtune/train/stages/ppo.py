@@ -33,7 +33,7 @@ from jaxtune.losses.ppo import KL_ESTIMATORS, KLController, policy_loss, value_l
 from jaxtune.rl import advantages as adv_lib
 from jaxtune.rl.driver import rollout_batches
 from jaxtune.rl.sequences import response_hidden, response_logps
-from jaxtune.rl.settings import RolloutSettings, shared_defaults
+from jaxtune.rl.settings import RolloutSettings, check_run_config, shared_defaults
 from jaxtune.rl.stats import stat_metrics
 from jaxtune.rl.value_head import add_value_head, drop_value_head, head_values
 from jaxtune.train.stages import Batch, LossOutput, Params
@@ -176,6 +176,7 @@ def _prepare(
 
 def make_stage(config: Any) -> PPOStage:
     c = config.ppo
+    check_run_config(config, "ppo")
     if c.kl_estimator not in KL_ESTIMATORS:
         raise UserError(f"config.ppo.kl_estimator={c.kl_estimator!r}: one of {KL_ESTIMATORS}.")
     target = float(c.kl_target) if float(c.kl_target) > 0 else None
