@@ -698,24 +698,25 @@ def task(seed, shift, n=512):
 
 def fit(apply, params, x, y, steps=STEPS, lr=1e-2):
     \"\"\"Adam on what peft counts as trainable: everything in a plain tree; only the adapter
-    arrays once a transform added adapters. The frozen rest is closed over: no gradient and
-    no optimizer state for it.\"\"\"
+    arrays once a transform added adapters. The frozen rest gets no gradient and no optimizer
+    state; it is an argument of the jitted step (closed over, it would be compiled into the
+    program as constants).\"\"\"
     trainable, frozen = peft.split_trainable(params)
     opt = optax.adam(lr)
     opt_state = opt.init(trainable)
 
-    def loss_fn(trainable):
+    def loss_fn(trainable, frozen):
         return jnp.mean((apply(peft.combine(trainable, frozen), x) - y) ** 2)
 
     @jax.jit
-    def step(trainable, opt_state):
-        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+    def step(trainable, frozen, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(trainable, frozen)
         updates, opt_state = opt.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, loss
 
     losses = []
     for _ in range(steps):
-        trainable, opt_state, loss = step(trainable, opt_state)
+        trainable, opt_state, loss = step(trainable, frozen, opt_state)
         losses.append(float(loss))
     return peft.combine(trainable, frozen), losses
 
@@ -852,16 +853,12 @@ text = "Arr! The sea be wide and the wind be strong, matey. Ye best hold on to y
 ids = np.asarray([tokenizer(text)["input_ids"]], np.int32)
 
 
-def lm_apply(params, ids):
-    return llm.apply(params, ids)
-
-
 trainable, frozen = peft.split_trainable(llm_params)
 
 
-def lm_loss(trainable):
-    logits = lm_apply(peft.combine(trainable, frozen), ids[:, :-1])
-    total, count = losses.lm_loss(logits, ids[:, 1:], np.ones(ids[:, 1:].shape, np.float32))
+def lm_loss(trainable, frozen, ids):
+    logits = llm.apply(peft.combine(trainable, frozen), ids[:, :-1])
+    total, count = losses.lm_loss(logits, ids[:, 1:], jnp.ones(ids[:, 1:].shape, jnp.float32))
     return total / count
 
 
@@ -870,15 +867,15 @@ opt_state = opt.init(trainable)
 
 
 @jax.jit
-def lm_step(trainable, opt_state):
-    loss, grads = jax.value_and_grad(lm_loss)(trainable)
+def lm_step(trainable, frozen, opt_state, ids):
+    loss, grads = jax.value_and_grad(lm_loss)(trainable, frozen, ids)
     updates, opt_state = opt.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, loss
 
 
 llm_losses = []
 for _ in range(10):
-    trainable, opt_state, loss = lm_step(trainable, opt_state)
+    trainable, opt_state, loss = lm_step(trainable, frozen, opt_state, ids)
     llm_losses.append(float(loss))
 print(f"LLM LoRA on one sentence: {llm_losses[0]:.3f} -> {llm_losses[-1]:.3f}")""",
     ),
