@@ -14,7 +14,13 @@ from jaxtune.data import set_path
 from jaxtune.train import train
 from tests.train_support import ROOT, tiny_llama
 
-RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+
+def is_train_recipe(path: Path) -> bool:
+    """A recipe of `jaxtune train` (others, e.g. `jaxtune label` configs, have their own tests)."""
+    return f"jaxtune train --config=configs/{path.name}" in path.read_text().split('"""')[1]
+
+
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if is_train_recipe(p))
 NEEDS = {  # recipes that need a package that may not be installed yet
     "sft_qlora": "jaxtune.quant",
     "sft_loraplus": "jaxtune.optim",
@@ -24,8 +30,10 @@ NEEDS = {  # recipes that need a package that may not be installed yet
 STEPS = 24
 # How far the mean loss must fall (first 3 steps vs last 3). A pairwise reward loss starts at
 # log 2 = 0.69; on 4 pairs a step it fell by 0.20-0.30 in 24 steps for seeds 0-3 (its own test,
-# tests/test_rm_stage.py, checks held-out accuracy).
-MIN_DROP = {"rm": 0.15}
+# tests/test_rm_stage.py, checks held-out accuracy). KTO's starts at 0.5 (1 - sigmoid(0)) and
+# fell by 0.10 here. None: the loss is a policy-gradient surrogate whose value does not track
+# learning (PPO, GRPO); their tests (tests/test_rl_*.py) check that the reward rises.
+MIN_DROP = {"rm": 0.15, "kto": 0.05, "ppo": None, "grpo": None}
 
 
 @pytest.fixture(scope="module")
@@ -76,5 +84,6 @@ def test_recipe_learns(recipe, tiny_dir, tmp_path):
     first, last = losses[:3].mean(), losses[-3:].mean()
     assert np.isfinite(losses).all()
     drop = MIN_DROP.get(config.stage, 0.5)
-    assert last < first - drop, f"{recipe}: loss {first:.3f} -> {last:.3f}"
+    if drop is not None:
+        assert last < first - drop, f"{recipe}: loss {first:.3f} -> {last:.3f}"
     assert Path(config.output_dir, "checkpoints", str(STEPS)).is_dir()
