@@ -25,10 +25,10 @@ SCORE = (
     "Answer with one integer from 1 to 10."
 )
 
-_CHOICE = re.compile(
-    r"^\W*(?:(?:the\s+)?(?:better\s+)?(?:response|answer)(?:\s+is)?\W*)?([AB])\b", re.IGNORECASE
+_NAMED = re.compile(  # "Response B", "the answer is \"A\"", "choice: B"
+    r"\b(?:response|answer|choice|option)(?:\s+is)?\s*:?\s*[\"'(*]*([AB])(?![\w])", re.IGNORECASE
 )
-_CHOICE_ANYWHERE = re.compile(r"\b(?:response|answer)\s+([AB])\b\s+is\s+better", re.IGNORECASE)
+_LEADING = re.compile(r"^\W*([AB])(?![\w])")  # "B", "A.", "(B)"
 _INTEGER = re.compile(r"\b(10|[1-9])\b")
 
 
@@ -41,10 +41,10 @@ def score_prompt(prompt: str, response: str, template: str = SCORE) -> str:
 
 
 def parse_choice(answer: str) -> str | None:
-    """'A' or 'B' from a judge's answer ('A', 'B.', 'Response B', 'Answer A is better'), else
-    None (empty, both letters, anything else)."""
+    """'A' or 'B' from a judge's answer, else None. The first named choice wins ('Response B',
+    'The correct answer is "A"'), then a leading letter ('B', 'A.'); anything else is None."""
     text = answer.strip()
-    found = _CHOICE.match(text) or _CHOICE_ANYWHERE.search(text)
+    found = _NAMED.search(text) or _LEADING.match(text)
     return found.group(1).upper() if found else None
 
 
