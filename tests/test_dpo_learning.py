@@ -41,12 +41,13 @@ def test_kto_loss_falls():
     """(ORPO and SimPO: tests/test_train_recipes.py trains orpo_lora and simpo_lora to a loss
     0.5 lower; KTO's loss is bounded by its weights, 0.5 at the start.)"""
     config = config_for(str(workdir() / "kto_learn"), stage="kto")
+    config.kto.beta = 0.5
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 0
-    config.train.steps = 12
+    config.train.steps = 16
     losses = np.array(list(train(config).losses.values()))
     assert np.isfinite(losses).all()
-    assert losses[-4:].mean() < losses[:2].mean() - 0.05, losses  # 0.50 -> ~0.4 when measured
+    assert losses[-4:].mean() < losses[:2].mean() - 0.15, losses  # 0.53 -> 0.21 when measured
 
 
 def test_identical_pair_is_warned_and_counted():
