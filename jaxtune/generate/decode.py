@@ -171,6 +171,8 @@ def _generate(
         rng=rng,
     )
     state = record(state, token, logprob)
+    if n == 1:  # the prefill made the only token: no loop, no unstacking
+        return _output(state)
     # Once, outside the loop: the loop body then runs the layers on separate weight and cache
     # buffers (no per-token slicing of stacked weights, cache updates in place).
     loop_params = unstack_layers(params)
@@ -191,7 +193,10 @@ def _generate(
         token, logprob = sample(model.logits(loop_params, hidden[:, 0]), key, sampling)
         return record(state._replace(cache=cache, rng=rng), token, logprob)
 
-    state = jax.lax.while_loop(cond, body, state)
+    return _output(jax.lax.while_loop(cond, body, state))
+
+
+def _output(state: _LoopState) -> GenerationOutput:
     return GenerationOutput(
         tokens=state.tokens,
         mask=state.mask,
