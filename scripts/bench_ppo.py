@@ -50,8 +50,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def python_loop_sampler(model, n_new: int):
-    """A per-token Python loop over jitted prefill / one-token steps (same math as generate)."""
+    """A per-token Python loop over jitted prefill / one-token steps (same math and layouts as
+    generate)."""
+    from jaxtune.models.decoder import unstack_cache, unstack_layers
+
     config = SamplingConfig(temperature=1.0)
+    unstack, unstack_c = jax.jit(unstack_layers), jax.jit(unstack_cache)
 
     @jax.jit
     def prefill(params, ids, mask, rng):
@@ -72,9 +76,12 @@ def python_loop_sampler(model, n_new: int):
     def run(params, ids, mask, rng):
         keys = jax.random.split(rng, n_new)
         token, cache = prefill(params, ids, mask, keys[0])
+        loop_params = unstack(params)  # the layouts generate's loop uses (per-layer buffers)
+        if loop_params is not params:
+            cache = unstack_c(cache)
         tokens = [token]
         for i in range(1, n_new):
-            token, cache, done = step(params, token, cache, keys[i])
+            token, cache, done = step(loop_params, token, cache, keys[i])
             tokens.append(token)
             if bool(done.all()):  # the host reads the stopping flags every token
                 break
