@@ -81,6 +81,18 @@ def test_sft_label_rm_ppo_raises_reward_model_and_rule_scores(sft_model):
     rm_losses = train(rm).losses
     assert np.mean([rm_losses[s] for s in range(51, 61)]) < 0.4
 
+    # The reward model as a `jaxtune label` judge agrees with the rule on most labelled pairs.
+    swapped = [
+        dict(prompt=p["prompt"], response_a=p["rejected"], response_b=p["chosen"]) for p in pairs
+    ]
+    (root / "swapped.jsonl").write_text("\n".join(json.dumps(r) for r in swapped[:40]) + "\n")
+    judged = root / "judged.jsonl"
+    args = ["label", "--input", str(root / "swapped.jsonl"), "--output", str(judged)]
+    assert main([*args, "--judge", "rm", "--judge-model", str(root / "rm")]) == 0
+    rows = [json.loads(line) for line in judged.read_text().splitlines()]
+    agree = np.mean([r["chosen"] == p["chosen"] for r, p in zip(rows, pairs, strict=False)])
+    assert len(rows) == 40 and agree > 0.7, agree
+
     ppo = base_config("ppo", model, str(root / "ppo"), steps=60)
     ppo.data.train = set_path("prompts")
     ppo.train.batch_size, ppo.train.seq_len = 16, 32
