@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jaxtune.data import DataWarning, set_path
@@ -37,17 +36,23 @@ def test_dpo_raises_held_out_accuracy_and_margin():
     assert after["eval_loss"] < before["eval_loss"] - 0.15  # 0.693 -> 0.43
 
 
-def test_kto_loss_falls():
+def test_kto_lowers_held_out_loss_and_separates_rewards():
     """(ORPO and SimPO: tests/test_train_recipes.py trains orpo_lora and simpo_lora to a loss
-    0.5 lower; KTO's loss is bounded by its weights, 0.5 at the start.)"""
-    config = config_for(str(workdir() / "kto_learn"), stage="kto")
+    0.5 lower.) KTO's per-batch loss is noisy (it depends on the batch's mix of desirable and
+    undesirable rows), so the test reads the held-out rows."""
+    train_file, held_out = preference_split()
+    config = config_for(str(workdir() / "kto_learn"), "kto", train=train_file, eval=held_out)
     config.kto.beta = 0.5
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 0
     config.train.steps = 16
-    losses = np.array(list(train(config).losses.values()))
-    assert np.isfinite(losses).all()
-    assert losses[-4:].mean() < losses[:2].mean() - 0.15, losses  # 0.53 -> 0.21 when measured
+    config.train.eval_every = 0
+    config.train.eval_at_start = True
+    result = train(config)
+    before, after = result.evals[0], result.evals[16]
+    assert before["eval_loss"] == pytest.approx(0.5, abs=1e-5)  # policy = reference: z0 = 0
+    assert after["eval_loss"] < before["eval_loss"] - 0.05  # 0.50 -> 0.41 when measured
+    assert after["eval_rewards/margins"] > 0.5  # desirable above undesirable: 1.2 measured
 
 
 def test_identical_pair_is_warned_and_counted():
