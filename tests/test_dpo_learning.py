@@ -24,16 +24,18 @@ def test_dpo_raises_held_out_accuracy_and_margin():
     # batches (the recipe tests and the demo run the default, adapters off)
     config.optim.lr = 1e-2
     config.optim.warmup_steps = 0
-    config.train.steps = 16
+    config.train.steps = 24
     config.train.eval_every = 0  # eval at the start and at the last step only
     config.train.eval_at_start = True
     result = train(config)
-    before, after = result.evals[0], result.evals[16]
+    before, after = result.evals[0], result.evals[24]
     assert before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy = reference
     assert before["eval_rewards/accuracies"] == 0.0  # equal rewards: no pair counts as right
-    assert after["eval_rewards/accuracies"] >= 2 / 3  # held-out pairs (12; 0.75 when measured)
-    assert after["eval_rewards/margins"] > 0.5  # 1.05 when measured
-    assert after["eval_loss"] < before["eval_loss"] - 0.15  # 0.693 -> 0.43
+    # measured over runs (the test tokenizer's BPE merges vary by process): accuracy 0.92-1.0
+    # of 12 held-out pairs, margin 1.6-1.7, loss 0.69 -> 0.25-0.26
+    assert after["eval_rewards/accuracies"] >= 0.75
+    assert after["eval_rewards/margins"] > 0.8
+    assert after["eval_loss"] < before["eval_loss"] - 0.3
 
 
 def test_kto_lowers_held_out_loss_and_separates_rewards():
