@@ -146,11 +146,12 @@ def matmul_peak(m: int = 1024) -> float:
     return 2 * m**3 / best
 
 
-def timed(fn, steps: int) -> float:
-    t = time.perf_counter()
+def timed(fn, steps: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per step."""
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t) / steps
+    return (time.perf_counter() - t) / steps, (time.process_time() - cpu) / steps
 
 
 def main() -> int:
@@ -181,12 +182,16 @@ def main() -> int:
         loss_t = pt()
         print(f"peft first step: loss {loss_t:.4f} (same weights and batch)")
     tokens = args.batch * args.seq
-    times_j, times_t, peaks = [], [], []
+    times_j, times_t, cpu_j, cpu_t, peaks = [], [], [], [], []
     for r in range(args.rounds):
         peaks.append(matmul_peak())
-        times_j.append(timed(jx, args.steps))
+        wall, cpu = timed(jx, args.steps)
+        times_j.append(wall)
+        cpu_j.append(cpu)
         if pt is not None:
-            times_t.append(timed(pt, args.steps))
+            wall, cpu = timed(pt, args.steps)
+            times_t.append(wall)
+            cpu_t.append(cpu)
         line = f"round {r + 1}: jaxtune {tokens / times_j[-1]:7.1f} tok/s"
         if pt is not None:
             line += f"   peft {tokens / times_t[-1]:7.1f} tok/s"
@@ -213,6 +218,12 @@ def main() -> int:
             f"= {100 * flop_per_token * tokens / t_ / peak:.0f}% of the matmul"
         )
         print(f"jaxtune / peft: {t_ / j:.2f}x (median step times, alternating rounds)")
+        print(f"jaxtune / peft: {min(times_t) / j_best:.2f}x (best step times)")
+        c_j, c_t = statistics.median(cpu_j), statistics.median(cpu_t)
+        print(
+            f"process CPU s/step: jaxtune {c_j:.2f}, peft {c_t:.2f}, ratio {c_t / c_j:.2f}x "
+            "(steadier under load, unless torch's OpenMP threads spin: OMP_WAIT_POLICY=PASSIVE)"
+        )
     return 0
 
 
