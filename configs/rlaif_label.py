@@ -6,8 +6,10 @@ judge pick the better one, and write prompt/chosen/rejected JSONL for the `rm` a
         --judge-model Qwen/Qwen2.5-1.5B-Instruct --output runs/rlaif/prefs.jsonl
 
 Keys are the command's flags (dashes as underscores); flags on the command line win. Defaults:
-the embedded SmolLM2-135M-Instruct both answers and judges (a small judge is noisy: asking in
-both orders keeps only the verdicts that survive swapping A and B).
+the embedded SmolLM2-135M-Instruct both answers and judges, which runs offline but is too small
+to judge: it answers with the same letter whatever the order, so `both_orders` drops nearly all
+of its verdicts as inconsistent (5 of 8 on shipped pairs, 3 more unparseable). Give a larger
+instruct model as --judge-model for real labels, or --judge rm / --judge rule.
 """
 
 import ml_collections
