@@ -53,8 +53,8 @@ def test_kto_lowers_held_out_loss_and_separates_rewards():
     result = train(config)
     before, after = result.evals[0], result.evals[16]
     assert before["eval_loss"] == pytest.approx(0.5, abs=1e-5)  # policy = reference: z0 = 0
-    assert after["eval_loss"] < before["eval_loss"] - 0.05  # 0.50 -> 0.41 when measured
-    assert after["eval_rewards/margins"] > 0.5  # desirable above undesirable: 1.2 measured
+    assert after["eval_loss"] < before["eval_loss"] - 0.05  # 0.50 -> 0.24-0.41 measured
+    assert after["eval_rewards/margins"] > 0.5  # desirable above undesirable: 1.2-4.3
 
 
 def test_identical_pair_is_warned_and_counted():
