@@ -173,9 +173,13 @@ def _generate(
     state = record(state, token, logprob)
     if n == 1:  # the prefill made the only token: no loop, no unstacking
         return _output(state)
-    # Once, outside the loop: the loop body then runs the layers on separate weight and cache
-    # buffers (no per-token slicing of stacked weights, cache updates in place).
-    loop_params = unstack_layers(params)
+    # On CPU, once, outside the loop: the loop body then runs the layers on separate weight and
+    # cache buffers (no per-token copies of stacked weights; measured 1.5x less decode CPU time).
+    # It holds a second copy of the weights for the call, so accelerators (unmeasured) keep the
+    # layer scan.
+    loop_params = params
+    if jax.default_backend() == "cpu":
+        loop_params = unstack_layers(params)
     if loop_params is not params:
         state = state._replace(cache=unstack_cache(state.cache))
 
