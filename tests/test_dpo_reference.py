@@ -94,3 +94,38 @@ def test_copy_holds_new_buffers_for_trainable_arrays_only(setup):
     assert leaf(copy).base is leaf(params).base  # the frozen base is shared
     assert leaf(copy).lora_b is not leaf(params).lora_b
     np.testing.assert_array_equal(leaf(copy).lora_b, leaf(params).lora_b)
+
+
+def test_resumed_full_fine_tuning_keeps_the_step0_reference():
+    """reference=copy without PEFT: a resumed run rebuilds the step-0 reference from the model
+    files (not from the resumed params), so it computes the uninterrupted run's losses."""
+    from jaxtune.train import loop, train
+
+    def config(name: str):
+        c = config_for(str(workdir() / name))
+        c.peft.method = "none"
+        c.dpo.reference = "copy"
+        c.optim.lr = 1e-3
+        c.optim.warmup_steps = 0
+        c.train.steps = 8
+        c.train.save_every = 4
+        return c
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_6(step: int, metrics: dict) -> None:
+        if step == 6:
+            raise Stop
+
+    full = train(config("resume_full")).losses
+    loop.STEP_HOOKS.append(stop_at_6)
+    try:
+        with pytest.raises(Stop):
+            train(config("resume_cut"))
+    finally:
+        loop.STEP_HOOKS.remove(stop_at_6)
+    resumed = train(config("resume_cut")).losses
+    assert sorted(resumed) == [5, 6, 7, 8]  # from the checkpoint of step 4
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full[step], abs=1e-6), step
