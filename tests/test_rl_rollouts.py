@@ -213,3 +213,40 @@ def test_stage_settings_errors_name_the_key():
     c.data = ml_collections.ConfigDict({"eval": "heldout.jsonl"})
     with pytest.raises(UserError, match=r"data\.eval is set, but the grpo stage"):
         module.make_stage(c)
+
+
+def test_separate_critic_has_its_own_trainable_weights(tiny):
+    from jaxtune.rl.value_head import CRITIC, critic_params
+
+    params = tiny[2]
+    lora = peft.lora(params, "all-linear", rank=2, rng=jax.random.key(0))
+    with_critic = add_value_head(lora, jax.random.key(1), 64, separate=True)
+    mask = peft.trainable_mask(with_critic)
+    assert bool(mask[KEY]["kernel"]) and not mask[CRITIC]["embed_tokens"]["embedding"]
+    critic_q = with_critic[CRITIC]["layers"]["self_attn"]["q_proj"]["kernel"]
+    policy_q = with_critic["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert critic_q.lora_a is not policy_q.lora_a  # own buffers (the step donates each once)
+    assert bool(
+        peft.trainable_mask(with_critic)[CRITIC]["layers"]["self_attn"]["q_proj"]["kernel"].lora_a
+    )
+    assert critic_params(with_critic) is with_critic[CRITIC]
+    assert set(drop_value_head(with_critic)) == set(params)
+
+
+def test_ppo_with_a_separate_critic_trains(tiny, tmp_path):
+    from jaxtune.data import set_path
+    from jaxtune.train import default_config, train
+
+    path, _, _ = tiny
+    c = default_config()
+    c.stage, c.model.path, c.output_dir = "ppo", path, str(tmp_path / "run")
+    c.data.train, c.data.truncation = set_path("prompts"), "truncate"
+    c.train.steps, c.train.batch_size, c.train.seq_len, c.train.remat = 4, 4, 32, "none"
+    c.train.save_every, c.log.tensorboard, c.optim.warmup_steps = 0, False, 0
+    c.ppo.reward_fn, c.ppo.critic, c.ppo.max_new_tokens = "format", "separate", 8
+    c.ppo.ppo_epochs, c.ppo.num_minibatches = 2, 2
+    result = train(c)
+    assert all(np.isfinite(v) for v in result.losses.values())
+    critic = result.state.params["critic"]["layers"]["mlp"]["up_proj"]["kernel"]
+    policy = result.state.params["layers"]["mlp"]["up_proj"]["kernel"]
+    assert not np.allclose(critic, policy)  # trained apart from the policy

@@ -5,7 +5,8 @@
 Per rollout (jaxtune.rl.driver): `train.batch_size` prompts -> responses sampled from the
 policy (compiled KV-cache sampler, `ppo.max_new_tokens` at most) -> scores from `ppo.reward_fn`
 and/or `ppo.reward_model` (minus `missing_eos_penalty` when a response never ends) -> old
-log-probs, values (a value head on the policy's backbone) and reference log-probs (adapters
+log-probs, values (a value head on the policy's backbone, or with `critic="separate"` on a
+copy of it) and reference log-probs (adapters
 disabled, or a frozen copy) -> per-token KL penalty `kl_coef * KL` with the score on the last
 token -> GAE (`gamma`, `lam`) -> whitened advantages. Then `ppo_epochs` passes of
 `num_minibatches` optimizer steps minimise
@@ -35,7 +36,7 @@ from jaxtune.rl.driver import rollout_batches
 from jaxtune.rl.sequences import response_hidden, response_logps
 from jaxtune.rl.settings import RolloutSettings, check_run_config, shared_defaults
 from jaxtune.rl.stats import stat_metrics
-from jaxtune.rl.value_head import add_value_head, drop_value_head, head_values
+from jaxtune.rl.value_head import add_value_head, critic_params, drop_value_head, head_values
 from jaxtune.train.stages import Batch, LossOutput, Params
 
 CONFIG_SECTION = "ppo"
@@ -57,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
             cliprange_value=0.2,  # value clip around the rollout's values
             vf_coef=0.1,  # weight of the value loss
             entropy_coef=0.0,  # entropy bonus
+            critic="shared",  # shared: value head on the policy's backbone | separate: a copy
         )
     )
 
@@ -76,11 +78,12 @@ class PPOStage:
     vf_coef: float = 0.1
     entropy_coef: float = 0.0
     loss_chunk: int = 1024
+    separate_critic: bool = False
     name: str = "ppo"
 
     # ------------------------------------------------------------------ params
     def init_params(self, model: Any, params: Params, rng: jax.Array) -> Params:
-        return add_value_head(params, rng, model.config.hidden_size)
+        return add_value_head(params, rng, model.config.hidden_size, separate=self.separate_critic)
 
     def export_params(self, params: Params) -> Params:
         return drop_value_head(params)
@@ -117,7 +120,7 @@ class PPOStage:
             chunk_size=self.loss_chunk,
             with_entropy=True,
         )
-        values = head_values(params, hidden)
+        values = head_values(params, critic_hidden(model, params, batch, hidden))
         mask = batch["response_mask"]
         pol = policy_loss(
             logps, batch["old_logprobs"], batch["advantages"], mask, clip=self.cliprange
@@ -138,6 +141,12 @@ class PPOStage:
         return LossOutput(total, jnp.sum(mask), metrics)
 
 
+def critic_hidden(model: Any, params: Params, batch: Batch, hidden: jax.Array) -> jax.Array:
+    """The hidden states the value head reads: the policy's, or the separate critic's."""
+    critic = critic_params(params)
+    return hidden if critic is params else response_hidden(model, critic, batch)
+
+
 @functools.partial(jax.jit, static_argnames=("stage", "model"))
 def _prepare(
     stage: PPOStage,
@@ -152,7 +161,7 @@ def _prepare(
     kw = dict(temperature=stage.settings.temperature, chunk_size=stage.loss_chunk)
     hidden = response_hidden(model, params, seq)
     logps, entropy = response_logps(model, params, hidden, seq, with_entropy=True, **kw)
-    values = head_values(params, hidden)
+    values = head_values(params, critic_hidden(model, params, seq, hidden))
     ref_hidden = response_hidden(model, ref_params, seq)
     ref_logps = response_logps(model, ref_params, ref_hidden, seq, **kw)
     mask = seq["response_mask"]
@@ -177,6 +186,8 @@ def _prepare(
 def make_stage(config: Any) -> PPOStage:
     c = config.ppo
     check_run_config(config, "ppo")
+    if c.critic not in ("shared", "separate"):
+        raise UserError(f"config.ppo.critic={c.critic!r}: 'shared' or 'separate'.")
     if c.kl_estimator not in KL_ESTIMATORS:
         raise UserError(f"config.ppo.kl_estimator={c.kl_estimator!r}: one of {KL_ESTIMATORS}.")
     target = float(c.kl_target) if float(c.kl_target) > 0 else None
@@ -193,4 +204,5 @@ def make_stage(config: Any) -> PPOStage:
         vf_coef=float(c.vf_coef),
         entropy_coef=float(c.entropy_coef),
         loss_chunk=chunk if chunk > 0 else 1 << 30,
+        separate_critic=c.critic == "separate",
     )
