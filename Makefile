@@ -28,5 +28,5 @@ test: $(STAMP) smollm2
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check jaxtune tests scripts
-	$(VENV)/bin/ruff format --check jaxtune tests scripts
+	$(VENV)/bin/ruff check jaxtune tests scripts configs colab
+	$(VENV)/bin/ruff format --check jaxtune tests scripts configs colab

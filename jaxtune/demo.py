@@ -63,15 +63,15 @@ def demo_config(model: str, output_dir: Path, steps: int) -> Any:
 def dpo_config(merged_dir: Path, output_dir: Path, steps: int) -> Any:
     """LoRA DPO on the pirate preference pairs, from the merged SFT model (configs/dpo_lora.py's
     settings, sized for 2 CPU cores)."""
-    from jaxtune.data.sets import HERE
+    from jaxtune.data import set_path
     from jaxtune.train.config import default_config
 
     config = default_config()
     config.stage = "dpo"
     config.output_dir = str(output_dir)
     config.model.path = str(merged_dir)
-    config.data.train = str(HERE / "demo_pirate_pref.jsonl")
-    config.data.eval = str(HERE / "demo_pirate_pref_eval.jsonl")
+    config.data.train = set_path("demo_pirate_pref")
+    config.data.eval = set_path("demo_pirate_pref_eval")
     config.data.packing = True  # ~2-3 pairs per row (segments stay apart)
     config.dpo.beta = 0.1
     config.dpo.loss_type = "sigmoid"

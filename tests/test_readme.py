@@ -44,5 +44,7 @@ def test_library_example_runs_and_learns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
-    assert float(scope["loss_fn"](scope["trainable"], scope["batch"])) < float(scope["before"])
+    assert float(scope["loss_fn"](scope["trainable"], scope["frozen"], scope["batch"])) < float(
+        scope["before"]
+    )
     assert (tmp_path / "adapter" / "adapter_config.json").exists()

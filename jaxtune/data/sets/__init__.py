@@ -13,6 +13,8 @@ SETS = {
     "text": "text.jsonl",
     "demo_pirate": "demo_pirate.jsonl",
     "demo_pirate_eval": "demo_pirate_eval.jsonl",
+    "demo_pirate_pref": "demo_pirate_pref.jsonl",
+    "demo_pirate_pref_eval": "demo_pirate_pref_eval.jsonl",
 }
 
 

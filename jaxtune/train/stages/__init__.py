@@ -6,8 +6,15 @@ logging, eval) is shared. `jaxtune.train.stages.<name>` must define `make_stage(
 `config.stage = "<name>"` selects it, so a new stage (rm, dpo, ppo, ...) is a new file here and
 nothing else changes.
 
-    pt    causal LM on plain text                 (pt.py)
-    sft   causal LM on the assistant tokens only  (sft.py; the mask comes from the data worker)
+    pt     causal LM on plain text                 (pt.py)
+    sft    causal LM on the assistant tokens only  (sft.py; the mask comes from the data worker)
+    rm     reward model: scalar head, Bradley-Terry loss on preference pairs       (rm.py)
+    dpo    DPO (sigmoid / ipo / hinge / robust / cdpo) against a reference           (dpo.py)
+    orpo   SFT + odds-ratio preference term, no reference                            (orpo.py)
+    simpo  length-normalised margin, no reference                                    (simpo.py)
+    kto    desirable / undesirable completions against a reference point           (kto.py)
+    ppo    rollouts, KL-shaped rewards, GAE, clipped policy and value losses       (ppo.py)
+    grpo   k rollouts per prompt, group-normalised advantages, KL to the reference (grpo.py)
 
 Optional, per stage module or stage object:
     CONFIG_SECTION = "dpo" and default_config() -> ConfigDict   a config section of its own
@@ -17,6 +24,8 @@ Optional, per stage module or stage object:
                                               head must be a leaf peft counts as trainable
     stage.train_batches(run, batches, current_params)   make the train batches (PPO rollouts)
     stage.export_params(params)               what `jaxtune export` writes (drop a value head)
+    stage.head_of(params)                     a scalar head: export as a sequence classifier
+    stage.eval_batches(run, batches, current_params)   complete eval batches (reference logps)
 The data worker is asked for batches with `stage=<name>` (jaxtune.data.make_batches).
 """
 
