@@ -14,6 +14,8 @@ from pathlib import Path
 from jaxtune.data.sets import HERE as SETS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+# Trained once and kept, so tiny-model tests see the same token ids in every run.
+FROZEN_TOKENIZERS = ROOT / "tests" / "data" / "small_tokenizer"
 SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -41,15 +43,22 @@ def _texts() -> list[str]:
 @functools.cache
 def small_tokenizer(vocab_size: int = 128):
     """A byte-fallback-free Metaspace BPE trained on the shipped sets, with ChatML specials and
-    template: real tokenization of the shipped data within the tiny models' 128 ids."""
+    template: real tokenization of the shipped data within the tiny models' 128 ids. The
+    128-token one is read from tests/data/small_tokenizer (trained as below, then frozen)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, limit_alphabet=60)
-    core.train_from_iterator(_texts(), trainer)
+    frozen = FROZEN_TOKENIZERS / f"bpe_{vocab_size}.json"
+    if frozen.exists():  # the BPE trainer breaks ties differently in each process
+        core = Tokenizer.from_file(str(frozen))
+    else:
+        core = Tokenizer(models.BPE(unk_token="<unk>"))
+        core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIALS, limit_alphabet=60
+        )
+        core.train_from_iterator(_texts(), trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>"
     )
