@@ -13,7 +13,7 @@ from safetensors import safe_open
 from jaxtune.cli.config_flags import load_config_file
 from jaxtune.data import set_path
 from jaxtune.train import STEP_HOOKS, train
-from jaxtune.train.export import export_merged
+from jaxtune.train.export import export_adapter, export_merged
 from tests.train_support import ROOT, tiny_llama
 
 TARGETS = frozenset(range(40, 56))  # 16 of the 128 ids: ~1 per 8-token response at start
@@ -89,6 +89,11 @@ def test_ppo_raises_the_reward_with_bounded_kl(tiny_dir, tmp_path):
     with safe_open(str(out / "model.safetensors"), "np") as f:
         names = list(f.keys())
     assert names and not any("value" in name for name in names)
+    adapter = export_adapter(result.run, params, tmp_path / "adapter")
+    with safe_open(str(adapter / "adapter_model.safetensors"), "np") as f:
+        names = list(f.keys())
+    assert any("lora_A" in name for name in names)
+    assert not any("value" in name for name in names)
 
 
 def test_grpo_raises_the_reward_with_bounded_kl(tiny_dir, tmp_path):

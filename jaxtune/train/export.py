@@ -75,7 +75,7 @@ def export_adapter(run: Run, params: Any, out: str | Path, initial: Any = None) 
         params = peft.pissa_to_lora(params, initial)
     out = Path(out)
     head = stage_head(run, params)
-    if head is not None:
+    if hasattr(run.stage, "export_params"):  # drops a value head (rm, ppo) from the adapter
         params = run.stage.export_params(params)
     peft.save_adapter(out, run.model, params, base_model_name_or_path=model_path(run.config))
     if head is not None:
