@@ -65,6 +65,13 @@ def test_bad_value_names_the_key_and_the_choices(capsys):
     assert "peft.method='lorra'" in err and "'dora'" in err
 
 
+def test_unknown_attention_impl_names_the_choices(capsys):
+    flag = "--config.model.attention_impl=flash"
+    assert main(["train", "--config=configs/sft_lora.py", flag]) == 2
+    err = capsys.readouterr().err
+    assert "model.attention_impl='flash'" in err and "'fused'" in err and "Traceback" not in err
+
+
 def test_missing_dataset_names_the_path(model_dir, tmp_path, capsys):
     args = base_args(model_dir, tmp_path / "run")
     args[3] = f"--config.data.train={tmp_path / 'nowhere.jsonl'}"

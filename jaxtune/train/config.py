@@ -174,6 +174,13 @@ def check_keys(config: Any, source: str = "config") -> None:
         raise UserError(f"{source}: unknown key {key!r}.{suggest(key, known_names)}")
 
 
+def attention_impls() -> tuple[str, ...]:
+    """The names `model.attention_impl` accepts (jaxtune.models.attention's registry)."""
+    from jaxtune.models.attention import ATTENTION_IMPLS
+
+    return tuple(sorted(ATTENTION_IMPLS))
+
+
 def check_values(config: Any) -> None:
     """Raise UserError for values that cannot work (naming the key and the choices)."""
     choices = {
@@ -181,6 +188,7 @@ def check_values(config: Any) -> None:
         "quant.method": QUANT_METHODS,
         "model.dtype": DTYPES,
         "train.remat": REMAT,
+        "model.attention_impl": attention_impls(),
     }
     for key, allowed in choices.items():
         section, name = key.split(".")
