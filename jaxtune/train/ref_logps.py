@@ -89,6 +89,21 @@ def with_reference(
     return ReferenceBatches(stage, run, batches, current_params)
 
 
+class ReferenceHooks:
+    """The loop's batch hooks of a stage with a `reference` setting (DPO, KTO): train and eval
+    batches get reference log-probs in the copy / cache modes."""
+
+    def train_batches(
+        self, run: Any, batches: Iterator[dict], current_params: Callable[[], Params]
+    ) -> Iterator[dict]:
+        return with_reference(self, run, batches, current_params)
+
+    def eval_batches(
+        self, run: Any, batches: Iterator[dict], current_params: Callable[[], Params]
+    ) -> Iterator[dict]:
+        return with_reference(self, run, batches, current_params)
+
+
 def shared_reference(run: Any, current_params: Callable[[], Params], mode: str) -> Params:
     """The reference params of a run, made once and shared by its train and eval batches
     (kept on the run object, so they live as long as the run)."""

@@ -19,7 +19,6 @@ logps/chosen, logps/rejected.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -47,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class DPOStage:
+class DPOStage(ref_logps.ReferenceHooks):
     """The DPO family on pairs (see the module docstring). Hashable: static in jit."""
 
     beta: float = 0.1
@@ -59,17 +58,6 @@ class DPOStage:
 
     def init_params(self, model: Any, params: Params, rng: jax.Array) -> Params:
         return params
-
-    def train_batches(
-        self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
-    ) -> Iterator[Batch]:
-        return ref_logps.with_reference(self, run, batches, current_params)
-
-    def eval_batches(
-        self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
-    ) -> Iterator[Batch]:
-        """Eval batches with reference log-probs (copy / cache modes; the loop's hook)."""
-        return ref_logps.with_reference(self, run, batches, current_params)
 
     ref_keys = ("ref_chosen_logps", "ref_rejected_logps")
     unit_prefixes = ("chosen_", "rejected_")

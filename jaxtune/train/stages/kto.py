@@ -14,7 +14,6 @@ rewards/rejected (undesirable), rewards/margins, logps/chosen, logps/rejected, k
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -43,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class KTOStage:
+class KTOStage(ref_logps.ReferenceHooks):
     """KTO on labelled rows (see the module docstring). Hashable: static in jit."""
 
     beta: float = 0.1
@@ -58,17 +57,6 @@ class KTOStage:
 
     def init_params(self, model: Any, params: Params, rng: jax.Array) -> Params:
         return params
-
-    def train_batches(
-        self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
-    ) -> Iterator[Batch]:
-        return ref_logps.with_reference(self, run, batches, current_params)
-
-    def eval_batches(
-        self, run: Any, batches: Iterator[Batch], current_params: Callable[[], Params]
-    ) -> Iterator[Batch]:
-        """Eval batches with reference log-probs (copy / cache modes; the loop's hook)."""
-        return ref_logps.with_reference(self, run, batches, current_params)
 
     def reference_arrays(self, model: Any, params: Params, batch: Batch) -> dict[str, jax.Array]:
         """The reference's summed completion log-probs of the rows and the KL rows, [B, T] each
