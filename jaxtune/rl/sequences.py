@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtune.losses.logprobs import chunked_token_logps
+from jaxtune.train.stages.sft import model_inputs
 
 
 def join(
@@ -38,14 +39,7 @@ def join(
 
 def response_hidden(model: Any, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     """Hidden states [B, N, D] of the columns that predict the response tokens."""
-    segment_ids = batch["segment_ids"]
-    hidden, _ = model.hidden_states(
-        params,
-        batch["input_ids"],
-        positions=batch["positions"],
-        segment_ids=segment_ids,
-        attention_mask=segment_ids > 0,
-    )
+    hidden, _ = model.hidden_states(params, batch["input_ids"], **model_inputs(batch))
     n = batch["response_ids"].shape[1]
     p = batch["input_ids"].shape[1] - n
     return hidden[:, p - 1 : p - 1 + n]

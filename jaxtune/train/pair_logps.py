@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jaxtune.losses import chunked_token_logps, concat_pairs, split_pairs, token_logps
 from jaxtune.losses.terms import LossTerms
 from jaxtune.train.stages import LossOutput
+from jaxtune.train.stages.sft import model_inputs
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -50,14 +51,7 @@ def sequences(batch: Batch, prefix: str = "") -> dict[str, jax.Array]:
 def token_logps_of(model: Any, params: Params, seq: Batch, chunk: int = 0) -> jax.Array:
     """log p(targets[t]) [N, T] fp32 on the loss mask (0 elsewhere); chunk > 0 runs the LM head
     that many tokens at a time (no [N, T, V] logits)."""
-    segment_ids = seq["segment_ids"]
-    hidden, _ = model.hidden_states(
-        params,
-        seq["input_ids"],
-        positions=seq["positions"],
-        segment_ids=segment_ids,
-        attention_mask=segment_ids > 0,
-    )
+    hidden, _ = model.hidden_states(params, seq["input_ids"], **model_inputs(seq))
     if chunk > 0:
         logits_fn = lambda h: model.logits(params, h)
         return chunked_token_logps(

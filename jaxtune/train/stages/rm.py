@@ -36,6 +36,7 @@ from jaxtune.losses.reward import init_value_head, pairwise_loss, value_head
 from jaxtune.models.reward_model import HEAD_KEY
 from jaxtune.train.pair_logps import LM_KEYS, masked_terms, segment_sums
 from jaxtune.train.stages import Batch, LossOutput, Params
+from jaxtune.train.stages.sft import model_inputs
 
 CONFIG_SECTION = "rm"
 
@@ -73,14 +74,8 @@ def last_token_mask(segment_ids: jax.Array) -> jax.Array:
 def segment_rewards(model: Any, params: Params, seq: Batch) -> tuple[jax.Array, jax.Array]:
     """(reward, count) [N, T]: column s-1 is the reward of segment s of each row (count 1) or 0
     (count 0) where the row has no segment s."""
+    hidden, _ = model.hidden_states(params, seq["input_ids"], **model_inputs(seq))
     segment_ids = seq["segment_ids"]
-    hidden, _ = model.hidden_states(
-        params,
-        seq["input_ids"],
-        positions=seq["positions"],
-        segment_ids=segment_ids,
-        attention_mask=segment_ids > 0,
-    )
     last = last_token_mask(segment_ids)
     values = value_head(params[HEAD_KEY], hidden)  # [N, T]; D -> 1 costs nothing next to it
     return segment_sums(values, last, segment_ids)
