@@ -165,3 +165,14 @@ def test_splash_kernel_runs_per_shard_under_a_mesh():
     per_shard, error = (part.split("=")[1] for part in line.split())
     assert per_shard == "True"
     assert float(error) < ATOL
+
+
+def test_auto_is_the_reference_on_cpu_and_the_fused_kernels_on_accelerators(monkeypatch):
+    from jaxtune.models import attention as attn_lib
+
+    q, k, v, parts, _ = inputs()
+    got = ATTENTION_IMPLS["auto"](q, k, v, parts, 0.25, None)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(attention(q, k, v, parts, 0.25)))
+    for backend, impl in (("cpu", "reference"), ("gpu", "fused"), ("tpu", "fused")):
+        monkeypatch.setattr(attn_lib.jax, "default_backend", lambda b=backend: b)
+        assert attn_lib.backend_impl() == impl

@@ -140,6 +140,8 @@ def cached_attention(
     The reference computes in the cache's layout (a decode step transposes only its query);
     other implementations get the (B, S, K, D) layout they take.
     """
+    if impl == "auto":
+        impl = backend_impl()
     if impl != "reference":
         fn = ATTENTION_IMPLS[impl]
         return fn(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, scale, logit_softcap)
@@ -356,6 +358,17 @@ def fused_attention(q, k, v, mask: Mask, scale: float, logit_softcap: float | No
     return xla_attention(q, k, v, mask, scale, logit_softcap)
 
 
+def backend_impl() -> str:
+    """What "auto" runs on this backend: the fused kernels (cuDNN / splash, each falling back to
+    XLA where it does not apply) on GPU and TPU; the exact reference on CPU."""
+    return "fused" if jax.default_backend() in ("gpu", "tpu") else "reference"
+
+
+def auto_attention(q, k, v, mask: Mask, scale: float, logit_softcap: float | None = None):
+    """The attention this backend runs best (see `backend_impl`); the default of jaxtune runs."""
+    return ATTENTION_IMPLS[backend_impl()](q, k, v, mask, scale, logit_softcap)
+
+
 def _s2(q, k, v, mask: Mask, scale: float, logit_softcap: float | None = None):
     from jaxtune.models.s2_attention import s2_attention
 
@@ -364,6 +377,7 @@ def _s2(q, k, v, mask: Mask, scale: float, logit_softcap: float | None = None):
 
 # name -> function(q, k, v, mask, scale, logit_softcap) -> out; other kernels register here.
 ATTENTION_IMPLS: dict[str, AttentionFn] = {
+    "auto": auto_attention,
     "reference": attention,
     "xla": xla_attention,
     "cudnn": cudnn_attention,

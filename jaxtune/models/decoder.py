@@ -112,13 +112,14 @@ class CausalLM:
     compute_dtype: activations' dtype (None: that of the embedding); weights are cast to it
       inside `linear`, so fp32 master weights with bf16 compute need no second copy.
     remat: "none" | "full" | "dots", the checkpoint policy of the scanned layer.
-    attention_impl: a key of `attention.ATTENTION_IMPLS` ("reference" is the exact path).
+    attention_impl: a key of `attention.ATTENTION_IMPLS` ("auto": fused kernels on GPU/TPU and
+      the exact "reference" on CPU).
     """
 
     config: ModelConfig
     compute_dtype: Any = None
     remat: str = "none"
-    attention_impl: str = "reference"
+    attention_impl: str = "auto"
 
     # ---------------------------------------------------------------- parameters
     def param_shapes(self) -> Params:

@@ -48,7 +48,7 @@ def load(
     shardings: ShardingFn | None = None,
     compute_dtype: Any = None,
     remat: str = "none",
-    attention_impl: str = "reference",
+    attention_impl: str = "auto",
     revision: str | None = None,
 ) -> tuple[CausalLM, Params]:
     """Load a checkpoint directory, a `.gguf` file, or a Hugging Face hub id.

@@ -68,7 +68,7 @@ def load_reward_model(
     compute_dtype: Any = None,
     shardings: ShardingFn | None = None,
     remat: str = "none",
-    attention_impl: str = "reference",
+    attention_impl: str = "auto",
     revision: str | None = None,
 ) -> tuple[CausalLM, Params, Head]:
     """(model, backbone params, head) of a reward model.

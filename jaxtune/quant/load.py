@@ -40,7 +40,7 @@ def load_quantized(
     dtype: Any = jnp.float32,
     shardings: ShardingFn | None = None,
     remat: str = "none",
-    attention_impl: str = "reference",
+    attention_impl: str = "auto",
     revision: str | None = None,
 ) -> tuple[CausalLM, Params]:
     """(model, params) with the targeted kernels quantized (see `quant.quantize` for the knobs).

@@ -34,7 +34,7 @@ def model_config() -> ml_collections.ConfigDict:
             tokenizer="",  # "" = from model.path
             dtype="float32",  # stored params (the frozen base for PEFT runs)
             compute_dtype="",  # activations; "" = dtype. bfloat16 with fp32 params = mixed
-            attention_impl="reference",
+            attention_impl="auto",  # fused kernels on GPU/TPU, reference on CPU
         )
     )
 
