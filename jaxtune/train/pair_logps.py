@@ -101,3 +101,15 @@ def mean_logps(sums: jax.Array, lengths: jax.Array, valid: jax.Array) -> jax.Arr
     """Average log-prob per completion token of each unit; -1 where the unit is not a pair
     (finite values and gradients there: they are masked out of every sum)."""
     return jnp.where(valid, sums / jnp.where(valid, lengths, 1.0), -1.0)
+
+
+def mean_pair_logps(
+    model: Any, params: Params, batch: Batch, chunk: int = 0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(chosen, rejected, valid): the length-normalised log-probs of each pair's completions
+    (ORPO, SimPO), from one concatenated pass."""
+    logps = pair_logps(model, params, batch, chunk)
+    valid = logps.valid
+    chosen = mean_logps(logps.chosen, logps.chosen_len, valid)
+    rejected = mean_logps(logps.rejected, logps.rejected_len, valid)
+    return chosen, rejected, valid

@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxtune.losses import orpo_loss
 from jaxtune.losses.errors import LossConfigError
-from jaxtune.train.pair_logps import masked_terms, mean_logps, pair_logps
+from jaxtune.train.pair_logps import masked_terms, mean_pair_logps
 from jaxtune.train.stages import Batch, LossOutput, Params
 
 CONFIG_SECTION = "orpo"
@@ -43,10 +43,7 @@ class ORPOStage:
     def loss(
         self, model: Any, params: Params, batch: Batch, rng: jax.Array, train: bool
     ) -> LossOutput:
-        logps = pair_logps(model, params, batch, self.loss_chunk)
-        valid = logps.valid
-        chosen = mean_logps(logps.chosen, logps.chosen_len, valid)
-        rejected = mean_logps(logps.rejected, logps.rejected_len, valid)
+        chosen, rejected, valid = mean_pair_logps(model, params, batch, self.loss_chunk)
         one = lambda c, r, nll: orpo_loss(c, r, nll, beta=self.beta)
         return masked_terms(one, valid, chosen, rejected, -chosen)
 

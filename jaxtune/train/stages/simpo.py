@@ -18,7 +18,7 @@ import ml_collections
 
 from jaxtune.losses import simpo_loss
 from jaxtune.losses.errors import LossConfigError
-from jaxtune.train.pair_logps import masked_terms, mean_logps, pair_logps
+from jaxtune.train.pair_logps import masked_terms, mean_pair_logps
 from jaxtune.train.stages import Batch, LossOutput, Params
 
 CONFIG_SECTION = "simpo"
@@ -52,10 +52,7 @@ class SimPOStage:
     def loss(
         self, model: Any, params: Params, batch: Batch, rng: jax.Array, train: bool
     ) -> LossOutput:
-        logps = pair_logps(model, params, batch, self.loss_chunk)
-        valid = logps.valid
-        chosen = mean_logps(logps.chosen, logps.chosen_len, valid)
-        rejected = mean_logps(logps.rejected, logps.rejected_len, valid)
+        chosen, rejected, valid = mean_pair_logps(model, params, batch, self.loss_chunk)
 
         def one(c, r, nll):
             return simpo_loss(
